@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/** A growable byte buffer. The bytes are always followed by a NUL that is not counted, so a
+ * buffer of text can be handed to functions that want a C string. */
+#pragma once
+
+#include <stdarg.h>
+#include <stddef.h>
+
+struct sy_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+#define SY_BUF_INIT {NULL, 0, 0}
+
+/** Make room for <extra> more bytes (plus the NUL). Aborts on allocation failure. */
+void sy_buf_reserve(struct sy_buf *b, size_t extra);
+/** Append <n> bytes of <p> (borrowed). */
+void sy_buf_append(struct sy_buf *b, const void *p, size_t n);
+/** Append a NUL-terminated string. */
+void sy_buf_puts(struct sy_buf *b, const char *s);
+/** Append printf-formatted text. */
+void sy_buf_printf(struct sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sy_buf_vprintf(struct sy_buf *b, const char *fmt, va_list ap);
+/** Append <s>/<n> as a JSON string literal, quotes included. */
+void sy_buf_json_str(struct sy_buf *b, const char *s, size_t n);
+/** Drop the first <n> bytes, moving the rest down. */
+void sy_buf_consume(struct sy_buf *b, size_t n);
+/** Forget the contents, keep the memory. */
+static inline void sy_buf_reset(struct sy_buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+/** Release the memory; the buffer is empty and reusable afterwards. */
+void sy_buf_free(struct sy_buf *b);
+/** Take the bytes out of <b> (the caller frees them); <b> is left empty. */
+char *sy_buf_steal(struct sy_buf *b, size_t *len);

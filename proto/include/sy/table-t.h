@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/** Types of the routing table: the immutable, versioned description of deployments and public
+ * models that the control plane publishes and every data-plane worker routes by.
+ * Field-by-field documentation of the wire form is in proto/README.md. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/** Version of the routing table's msgpack schema; bumped on an incompatible change only
+ * (unknown keys are ignored, so adding a field does not need it). */
+#define SY_TABLE_SCHEMA 1
+
+enum sy_format {
+    SY_FORMAT_OPENAI = 0, /* OpenAI chat completions and everything compatible */
+    SY_FORMAT_ANTHROPIC,  /* Anthropic Messages */
+    SY_FORMAT_AZURE,      /* Azure OpenAI: deployment in the path, api-version query */
+    SY_FORMAT_MAX,
+};
+
+enum sy_auth_style {
+    SY_AUTH_BEARER = 0, /* Authorization: Bearer <key> */
+    SY_AUTH_HEADER,     /* <auth_name>: <key> (x-api-key, api-key, ...) */
+    SY_AUTH_QUERY,      /* ?<auth_name>=<key> */
+    SY_AUTH_NONE,
+    SY_AUTH_MAX,
+};
+
+/** Where a deployment's provider listens, parsed once from its base URL. */
+struct sy_origin {
+    bool tls;
+    uint16_t port;
+    char *host;        /* host name or literal address, without brackets */
+    char *host_header; /* "host" or "host:port" as the Host header wants it */
+    char *path_prefix; /* base URL path without a trailing slash, "" for none */
+    char *ca_file;     /* extra CA bundle for this provider, NULL for the system store */
+    bool insecure;     /* skip certificate and host-name verification (development only) */
+    char *key;         /* pool key: scheme://host:port plus the TLS settings */
+};
+
+struct sy_header_kv {
+    char *name;
+    char *value;
+};
+
+struct sy_timeouts {
+    uint32_t connect_ms;
+    uint32_t first_byte_ms; /* request sent -> response head (time to first token on streams) */
+    uint32_t idle_ms;       /* longest silence between two reads of a response */
+    uint32_t total_ms;      /* whole exchange */
+};
+
+/** One upstream model on one provider account. */
+struct sy_deployment {
+    char *name;
+    char *provider; /* provider account name, for labels */
+    char *model;    /* upstream model id */
+    enum sy_format format;
+    char *base_url;
+    struct sy_origin origin;
+    enum sy_auth_style auth_style;
+    char *auth_name;  /* header or query parameter name for SY_AUTH_HEADER / SY_AUTH_QUERY */
+    char *api_key;    /* plaintext credential in memory only; zeroed when the table is freed */
+    char *api_version; /* Azure api-version, Anthropic anthropic-version; NULL for default */
+    struct sy_header_kv *headers; /* extra headers sent upstream */
+    uint32_t n_headers;
+    struct sy_timeouts timeouts;
+    uint32_t weight;
+    uint32_t slot; /* index in the shared-memory counters, assigned by the control plane */
+    bool enabled;
+};
+
+/** A target of a public model: a deployment (by index into the table) and its weight. */
+struct sy_target {
+    uint32_t deployment;
+    uint32_t weight;
+};
+
+/** A public model name clients ask for. */
+struct sy_model {
+    char *name;
+    struct sy_target *targets;
+    uint32_t n_targets;
+    uint32_t total_weight;
+    uint32_t slot;
+};
+
+/** A routing table. Immutable once decoded; shared by reference count between a worker and the
+ * requests that began on it. */
+struct sy_table {
+    _Atomic uint32_t refs;
+    uint64_t version;
+    int64_t created_ms; /* wall-clock milliseconds at compile time */
+    struct sy_deployment *deployments;
+    uint32_t n_deployments;
+    struct sy_model *models; /* sorted by name, for binary search */
+    uint32_t n_models;
+};
