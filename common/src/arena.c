@@ -22,10 +22,12 @@ void sy_arena_init(struct sy_arena *a)
 void *sy_arena_alloc(struct sy_arena *a, size_t n)
 {
     uintptr_t p = ((uintptr_t)a->cur + ARENA_ALIGN - 1) & ~(uintptr_t)(ARENA_ALIGN - 1);
-    if (SY_LIKELY(p + n <= (uintptr_t)a->end)) {
+    /* Compared as "fits in what is left", since p + n can wrap for a huge <n>. */
+    if (SY_LIKELY(p <= (uintptr_t)a->end && n <= (uintptr_t)a->end - p)) {
         a->cur = (char *)(p + n);
         return (void *)p;
     }
+    SY_REQUIRE(n <= SIZE_MAX - sizeof(struct sy_arena_block) - ARENA_ALIGN);
     size_t size = n > 8192 ? n : 8192;
     struct sy_arena_block *blk = sy_xmalloc(sizeof(*blk) + size);
     blk->size = size;
@@ -40,6 +42,7 @@ void *sy_arena_alloc(struct sy_arena *a, size_t n)
 
 char *sy_arena_strndup(struct sy_arena *a, const char *s, size_t n)
 {
+    SY_REQUIRE(n < SIZE_MAX);
     char *p = sy_arena_alloc(a, n + 1);
     memcpy(p, s, n);
     p[n] = '\0';

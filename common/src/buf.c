@@ -7,6 +7,7 @@
 
 void sy_buf_reserve(struct sy_buf *b, size_t extra)
 {
+    SY_REQUIRE(extra < SIZE_MAX / 2 - b->len); /* a length this large is a bug, not data */
     size_t need = b->len + extra + 1;
     if (need <= b->cap)
         return;
@@ -15,6 +16,7 @@ void sy_buf_reserve(struct sy_buf *b, size_t extra)
         cap *= 2;
     b->data = sy_xrealloc(b->data, cap);
     b->cap = cap;
+    b->data[b->len] = '\0'; /* a fresh buffer is "" too, not garbage */
 }
 
 void sy_buf_append(struct sy_buf *b, const void *p, size_t n)
@@ -31,7 +33,10 @@ void sy_buf_puts(struct sy_buf *b, const char *s)
     sy_buf_append(b, s, strlen(s));
 }
 
-void sy_buf_vprintf(struct sy_buf *b, const char *fmt, va_list ap)
+/* The format attribute is repeated here so that clang's -Wformat-nonliteral (from -Wformat=2)
+ * knows <fmt> is checked at the callers. */
+__attribute__((format(printf, 2, 0))) void sy_buf_vprintf(struct sy_buf *b, const char *fmt,
+                                                          va_list ap)
 {
     va_list ap2;
     va_copy(ap2, ap);

@@ -22,7 +22,7 @@ void sy_buf_append(struct sy_buf *b, const void *p, size_t n);
 void sy_buf_puts(struct sy_buf *b, const char *s);
 /** Append printf-formatted text. */
 void sy_buf_printf(struct sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sy_buf_vprintf(struct sy_buf *b, const char *fmt, va_list ap);
+void sy_buf_vprintf(struct sy_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /** Append <s>/<n> as a JSON string literal, quotes included. */
 void sy_buf_json_str(struct sy_buf *b, const char *s, size_t n);
 /** Drop the first <n> bytes, moving the rest down. */
