@@ -1,1 +1,1209 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/* The routing table's msgpack codec, look-up and lifetime.
+ *
+ * Decoding goes in three steps. A pre-scan walks the bytes once and checks that every
+ * container's declared size fits in what is left of the input and that nesting stays shallow,
+ * so a hostile or truncated frame can neither make msgpack-c allocate gigabytes nor overflow its
+ * stack. msgpack-c then builds an object tree that points into the caller's bytes. Finally the
+ * tree is read into a struct sy_table through declarative field lists (Redis config.c style):
+ * the same lists drive the encoder, so a field added to a list is decoded, encoded and round-
+ * tripped at once. Keys no list names are skipped whatever their type: forward compatibility.
+ *
+ * Every message names the path of the value at fault, built as the walk descends. */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sy/table.h"
+#include "sy/util.h"
+#include "internal.h"
+
+/* Deeper nesting than this is refused before msgpack-c sees it (its own limit is 32). A table
+ * needs 4 levels; the rest is room for fields added later. */
+#define MAX_DEPTH 24
+
+static const char *const format_names[SY_FORMAT_MAX] = {
+    [SY_FORMAT_OPENAI] = "openai",
+    [SY_FORMAT_ANTHROPIC] = "anthropic",
+    [SY_FORMAT_AZURE] = "azure",
+};
+
+static const char *const auth_names[SY_AUTH_MAX] = {
+    [SY_AUTH_BEARER] = "bearer",
+    [SY_AUTH_HEADER] = "header",
+    [SY_AUTH_QUERY] = "query",
+    [SY_AUTH_NONE] = "none",
+};
+
+/* Header names the data plane writes itself: letting a table set them would break framing. */
+static const char *const reserved_headers[] = {
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+};
+
+int sy__proto_fail(char **err, int rc, const char *fmt, ...)
+{
+    if (err) {
+        struct sy_buf b = SY_BUF_INIT;
+        va_list ap;
+        va_start(ap, fmt);
+        sy_buf_vprintf(&b, fmt, ap);
+        va_end(ap);
+        *err = sy_buf_steal(&b, NULL);
+    }
+    return rc;
+}
+
+bool sy__is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* ---- pre-scan ------------------------------------------------------------------------- */
+
+/* For the type bytes 0xc0..0xdf: the payload size of a fixed-size item, or minus the number of
+ * big-endian length bytes that follow the type byte; NEVER for 0xc1, which no item starts with. */
+#define NEVER 127
+static const int8_t type_sizes[] = {
+    0,  NEVER, 0,  0,     /* nil, (never used), false, true */
+    -1, -2,    -4,        /* bin 8/16/32 */
+    -1, -2,    -4,        /* ext 8/16/32, whose payload is a type byte and the data */
+    4,  8,                /* float 32/64 */
+    1,  2,     4,  8,     /* uint 8..64 */
+    1,  2,     4,  8,     /* int 8..64 */
+    2,  3,     5,  9, 17, /* fixext 1..16, type byte included */
+    -1, -2,    -4,        /* str 8/16/32 */
+    -2, -4,               /* array 16/32 */
+    -2, -4,               /* map 16/32 */
+};
+static_assert(SY_ARRAY_LEN(type_sizes) == 0xe0 - 0xc0, "one entry per type byte");
+
+/* Length of the header of the item at <p> (type byte plus length bytes), and how many payload
+ * bytes and child items follow it; -1 for a byte that starts no item. A header cut short is
+ * given a length past <avail>, for the caller to report. */
+static int item_header(const unsigned char *p, size_t avail, size_t *hdr, uint64_t *payload,
+                       uint64_t *children)
+{
+    unsigned char c = p[0];
+
+    *hdr = 1;
+    *payload = 0;
+    *children = 0;
+    if (c <= 0x7f || c >= 0xe0) /* fixint */
+        return 0;
+    if (c <= 0x8f) {
+        *children = 2u * (c & 0x0f);
+        return 0;
+    }
+    if (c <= 0x9f) {
+        *children = c & 0x0f;
+        return 0;
+    }
+    if (c <= 0xbf) {
+        *payload = c & 0x1f;
+        return 0;
+    }
+
+    int size = type_sizes[c - 0xc0];
+    if (size == NEVER)
+        return -1;
+    if (size >= 0) {
+        *payload = (uint64_t)size;
+        return 0;
+    }
+    size_t extra = (size_t)-size;
+    if (avail < 1 + extra) {
+        *hdr = avail + 1;
+        return 0;
+    }
+    uint64_t n = 0;
+    for (size_t i = 0; i < extra; i++)
+        n = (n << 8) | p[1 + i];
+    *hdr = 1 + extra;
+    if (c == 0xdc || c == 0xdd)
+        *children = n;
+    else if (c == 0xde || c == 0xdf)
+        *children = 2 * n;
+    else if (c >= 0xc7 && c <= 0xc9)
+        *payload = n + 1;
+    else
+        *payload = n;
+    return 0;
+}
+
+/* Check that <data>/<len> holds exactly one well-formed item, with every declared size inside
+ * the input, nested at most MAX_DEPTH deep. */
+static int prescan(const char *data, size_t len, char **err)
+{
+    const unsigned char *p = (const unsigned char *)data, *end = p + len;
+    uint64_t left[MAX_DEPTH + 1]; /* items still to read at each open level */
+    uint64_t pending = 1;         /* sum of left[]: each needs at least one byte */
+    int depth = 0;
+
+    left[0] = 1;
+    while (depth >= 0) {
+        size_t hdr;
+        uint64_t payload, children;
+
+        if (p == end)
+            return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the table)");
+        if (item_header(p, (size_t)(end - p), &hdr, &payload, &children) < 0)
+            return sy__proto_fail(err, -EINVAL, "invalid msgpack byte 0x%02x at offset %zu", *p,
+                                  (size_t)(p - (const unsigned char *)data));
+        if (hdr > (size_t)(end - p) || payload > (uint64_t)(end - p) - hdr)
+            return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the table)");
+        p += hdr + payload;
+        left[depth]--;
+        pending--;
+        if (children > 0) {
+            if (depth == MAX_DEPTH)
+                return sy__proto_fail(err, -EINVAL, "msgpack nested more than %d levels deep",
+                                      MAX_DEPTH);
+            pending += children;
+            if (pending > (uint64_t)(end - p))
+                return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the table)");
+            left[++depth] = children;
+        }
+        while (depth >= 0 && left[depth] == 0)
+            depth--;
+    }
+    if (p != end)
+        return sy__proto_fail(err, -EINVAL, "%zu unexpected bytes after the table",
+                              (size_t)(end - p));
+    return 0;
+}
+
+/* ---- decoding context ------------------------------------------------------------------ */
+
+struct dec {
+    struct sy_buf path; /* where the walk is, e.g. "deployments[2].timeouts" */
+    char **err;
+};
+
+static int fail(struct dec *d, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(struct dec *d, int rc, const char *fmt, ...)
+{
+    if (d->err) {
+        struct sy_buf b = SY_BUF_INIT;
+        va_list ap;
+        if (d->path.len)
+            sy_buf_printf(&b, "%s: ", d->path.data);
+        va_start(ap, fmt);
+        sy_buf_vprintf(&b, fmt, ap);
+        va_end(ap);
+        *d->err = sy_buf_steal(&b, NULL);
+    }
+    return rc;
+}
+
+static int oom(struct dec *d)
+{
+    return sy__proto_fail(d->err, -ENOMEM, "out of memory");
+}
+
+/* Descend into field <key>; returns the mark to give back to path_pop(). */
+static size_t path_key(struct dec *d, const char *key)
+{
+    size_t mark = d->path.len;
+    if (mark)
+        sy_buf_puts(&d->path, ".");
+    sy_buf_puts(&d->path, key);
+    return mark;
+}
+
+static size_t path_index(struct dec *d, uint32_t i)
+{
+    size_t mark = d->path.len;
+    sy_buf_printf(&d->path, "[%" PRIu32 "]", i);
+    return mark;
+}
+
+static void path_pop(struct dec *d, size_t mark)
+{
+    d->path.len = mark;
+    d->path.data[mark] = '\0';
+}
+
+static const char *type_name(const msgpack_object *v)
+{
+    switch (v->type) {
+    case MSGPACK_OBJECT_NIL:
+        return "nil";
+    case MSGPACK_OBJECT_BOOLEAN:
+        return "boolean";
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return "integer";
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        return "float";
+    case MSGPACK_OBJECT_STR:
+        return "string";
+    case MSGPACK_OBJECT_ARRAY:
+        return "array";
+    case MSGPACK_OBJECT_MAP:
+        return "map";
+    case MSGPACK_OBJECT_BIN:
+        return "binary";
+    case MSGPACK_OBJECT_EXT:
+        return "extension";
+    }
+    return "unknown";
+}
+
+static bool key_is(const msgpack_object *k, const char *lit)
+{
+    size_t n = strlen(lit);
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           memcmp(k->via.str.ptr, lit, n) == 0;
+}
+
+/* Set *<out> to the value of <key> in <map>, NULL when absent or nil. A key given twice is
+ * an error: which one was meant cannot be known. */
+static int map_get(struct dec *d, const msgpack_object *map, const char *key,
+                   const msgpack_object **out)
+{
+    const msgpack_object *found = NULL;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        if (!key_is(&map->via.map.ptr[i].key, key))
+            continue;
+        if (found) {
+            size_t mark = path_key(d, key);
+            int rc = fail(d, -EINVAL, "given twice");
+            path_pop(d, mark);
+            return rc;
+        }
+        found = &map->via.map.ptr[i].val;
+    }
+    *out = found && found->type != MSGPACK_OBJECT_NIL ? found : NULL;
+    return 0;
+}
+
+/* ---- scalar readers -------------------------------------------------------------------- */
+
+/* Copy a string value; NUL and other control characters are refused everywhere in a table,
+ * which rules out header injection through any field (CR/LF). */
+static int get_str(struct dec *d, const msgpack_object *v, char **out)
+{
+    if (v->type != MSGPACK_OBJECT_STR)
+        return fail(d, -EINVAL, "expected a string, got %s", type_name(v));
+    for (uint32_t i = 0; i < v->via.str.size; i++) {
+        unsigned char c = (unsigned char)v->via.str.ptr[i];
+        if (c < 0x20 || c == 0x7f)
+            return fail(d, -EINVAL, "contains a control character (0x%02x) at byte %" PRIu32, c, i);
+    }
+    char *s = strndup(v->via.str.ptr, v->via.str.size);
+    if (s == NULL)
+        return oom(d);
+    free(*out);
+    *out = s;
+    return 0;
+}
+
+static int get_u64(struct dec *d, const msgpack_object *v, uint64_t max, uint64_t *out)
+{
+    if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        return fail(d, -EINVAL, "must not be negative");
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(d, -EINVAL, "expected an unsigned integer, got %s", type_name(v));
+    if (v->via.u64 > max)
+        return fail(d, -EINVAL, "must be at most %" PRIu64, max);
+    *out = v->via.u64;
+    return 0;
+}
+
+static int get_u32(struct dec *d, const msgpack_object *v, uint32_t *out)
+{
+    uint64_t x;
+    int rc = get_u64(d, v, UINT32_MAX, &x);
+    if (rc == 0)
+        *out = (uint32_t)x;
+    return rc;
+}
+
+static int get_i64(struct dec *d, const msgpack_object *v, int64_t *out)
+{
+    if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        *out = v->via.i64;
+        return 0;
+    }
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(d, -EINVAL, "expected an integer, got %s", type_name(v));
+    if (v->via.u64 > INT64_MAX)
+        return fail(d, -EINVAL, "must be at most %" PRId64, INT64_MAX);
+    *out = (int64_t)v->via.u64;
+    return 0;
+}
+
+static int get_enum(struct dec *d, const msgpack_object *v, const char *const *names, int n,
+                    int *out)
+{
+    if (v->type != MSGPACK_OBJECT_STR)
+        return fail(d, -EINVAL, "expected a string, got %s", type_name(v));
+    for (int i = 0; i < n; i++) {
+        if (key_is(v, names[i])) {
+            *out = i;
+            return 0;
+        }
+    }
+    struct sy_buf b = SY_BUF_INIT;
+    for (int i = 0; i < n; i++)
+        sy_buf_printf(&b, "%s\"%s\"", i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
+    sy_buf_puts(&b, ", got ");
+    sy_buf_json_str(&b, v->via.str.ptr, v->via.str.size);
+    int rc = fail(d, -EINVAL, "must be %s", b.data);
+    sy_buf_free(&b);
+    return rc;
+}
+
+/* ---- field lists ----------------------------------------------------------------------- */
+
+enum field_kind {
+    FIELD_STR = 0, /* char *, NULL when absent */
+    FIELD_U32,
+    FIELD_U64,
+    FIELD_I64,
+    FIELD_BOOL,
+    FIELD_FORMAT,   /* enum sy_format */
+    FIELD_AUTH,     /* enum sy_auth_style */
+    FIELD_HEADERS,  /* struct sy_deployment's headers/n_headers */
+    FIELD_TIMEOUTS, /* struct sy_timeouts, a nested map */
+    FIELD_TARGETS,  /* struct sy_model's targets, resolved against the deployments */
+    FIELD_MAX,
+};
+
+struct field {
+    const char *key;
+    enum field_kind kind;
+    size_t off;
+};
+
+#define DEP_FIELD(key, kind, member)                                                               \
+    {                                                                                              \
+        key, kind, offsetof(struct sy_deployment, member)                                          \
+    }
+static const struct field deployment_fields[] = {
+    DEP_FIELD("name", FIELD_STR, name),
+    DEP_FIELD("provider", FIELD_STR, provider),
+    DEP_FIELD("model", FIELD_STR, model),
+    DEP_FIELD("format", FIELD_FORMAT, format),
+    DEP_FIELD("base_url", FIELD_STR, base_url),
+    DEP_FIELD("auth", FIELD_AUTH, auth_style),
+    DEP_FIELD("auth_name", FIELD_STR, auth_name),
+    DEP_FIELD("api_key", FIELD_STR, api_key),
+    DEP_FIELD("api_version", FIELD_STR, api_version),
+    DEP_FIELD("headers", FIELD_HEADERS, headers),
+    DEP_FIELD("ca_file", FIELD_STR, origin.ca_file),
+    DEP_FIELD("insecure", FIELD_BOOL, origin.insecure),
+    DEP_FIELD("timeouts", FIELD_TIMEOUTS, timeouts),
+    DEP_FIELD("weight", FIELD_U32, weight),
+    DEP_FIELD("slot", FIELD_U32, slot),
+    DEP_FIELD("enabled", FIELD_BOOL, enabled),
+};
+
+#define TIMEOUT_FIELD(key)                                                                         \
+    {                                                                                              \
+#key, FIELD_U32, offsetof(struct sy_timeouts, key)                                         \
+    }
+static const struct field timeout_fields[] = {
+    TIMEOUT_FIELD(connect_ms),
+    TIMEOUT_FIELD(first_byte_ms),
+    TIMEOUT_FIELD(idle_ms),
+    TIMEOUT_FIELD(total_ms),
+};
+
+static const struct field model_fields[] = {
+    {"name", FIELD_STR, offsetof(struct sy_model, name)},
+    {"slot", FIELD_U32, offsetof(struct sy_model, slot)},
+    {"targets", FIELD_TARGETS, offsetof(struct sy_model, targets)},
+};
+
+/* ---- decoding -------------------------------------------------------------------------- */
+
+struct table_dec {
+    struct dec d;
+    struct sy_table *t;
+    uint32_t *dep_by_name; /* deployment indices sorted by name, for target resolution */
+    uint32_t *seen_model;  /* per deployment: 1 + the model that last listed it */
+    uint32_t *seen_target; /* per deployment: where in that model's targets */
+};
+
+static int decode_fields(struct table_dec *td, const msgpack_object *map,
+                         const struct field *fields, size_t n_fields, void *base);
+
+static int decode_headers(struct dec *d, const msgpack_object *v, struct sy_deployment *dep)
+{
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map, got %s", type_name(v));
+    if (v->via.map.size == 0)
+        return 0;
+    dep->headers = calloc(v->via.map.size, sizeof(*dep->headers));
+    if (dep->headers == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < v->via.map.size; i++) {
+        const msgpack_object *k = &v->via.map.ptr[i].key, *val = &v->via.map.ptr[i].val;
+        struct sy_header_kv *h = &dep->headers[dep->n_headers];
+        if (k->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "header names must be strings, got %s", type_name(k));
+        size_t mark = d->path.len;
+        sy_buf_puts(&d->path, "[");
+        sy_buf_json_str(&d->path, k->via.str.ptr, k->via.str.size);
+        sy_buf_puts(&d->path, "]");
+        if (k->via.str.size == 0)
+            return fail(d, -EINVAL, "empty header name");
+        for (uint32_t j = 0; j < k->via.str.size; j++)
+            if (!sy__is_tchar((unsigned char)k->via.str.ptr[j]))
+                return fail(d, -EINVAL, "header name contains an illegal character (0x%02x)",
+                            (unsigned char)k->via.str.ptr[j]);
+        for (size_t j = 0; j < SY_ARRAY_LEN(reserved_headers); j++)
+            if (sy_strcaseeq(k->via.str.ptr, k->via.str.size, reserved_headers[j]))
+                return fail(d, -EINVAL, "header is set by the gateway and cannot be configured");
+        if (val->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "expected a string, got %s", type_name(val));
+        for (uint32_t j = 0; j < val->via.str.size; j++) {
+            unsigned char c = (unsigned char)val->via.str.ptr[j];
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return fail(d, -EINVAL,
+                            "header value contains a control character (0x%02x) at byte %" PRIu32,
+                            c, j);
+        }
+        h->name = strndup(k->via.str.ptr, k->via.str.size);
+        h->value = strndup(val->via.str.ptr, val->via.str.size);
+        dep->n_headers++; /* counted now so that a failure below frees them */
+        if (h->name == NULL || h->value == NULL)
+            return oom(d);
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+static int resolve_deployment(struct table_dec *td, const char *name, size_t len, uint32_t *idx)
+{
+    size_t lo = 0, hi = td->t->n_deployments;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *s = td->t->deployments[td->dep_by_name[mid]].name;
+        size_t sn = strlen(s);
+        int c = memcmp(name, s, SY_MIN(len, sn));
+        if (c == 0)
+            c = len < sn ? -1 : len > sn;
+        if (c == 0) {
+            *idx = td->dep_by_name[mid];
+            return 0;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return -ENOENT;
+}
+
+static int decode_targets(struct table_dec *td, const msgpack_object *v, struct sy_model *m,
+                          uint32_t model_idx)
+{
+    struct dec *d = &td->d;
+    uint64_t sum = 0, enabled_sum = 0;
+
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    if (v->via.array.size == 0)
+        return fail(d, -EINVAL, "must list at least one deployment");
+    free(m->targets);
+    m->n_targets = 0;
+    m->targets = calloc(v->via.array.size, sizeof(*m->targets));
+    if (m->targets == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        size_t mark = path_index(d, i);
+        struct sy_target *tg = &m->targets[i];
+        const msgpack_object *dn, *w;
+        uint32_t idx;
+        int rc;
+
+        if (e->type != MSGPACK_OBJECT_MAP)
+            return fail(d, -EINVAL, "expected a map, got %s", type_name(e));
+        if ((rc = map_get(d, e, "deployment", &dn)) < 0 || (rc = map_get(d, e, "weight", &w)) < 0)
+            return rc;
+        if (dn == NULL) {
+            path_key(d, "deployment");
+            return fail(d, -EINVAL, "missing");
+        }
+        if (dn->type != MSGPACK_OBJECT_STR) {
+            path_key(d, "deployment");
+            return fail(d, -EINVAL, "expected a string, got %s", type_name(dn));
+        }
+        if (resolve_deployment(td, dn->via.str.ptr, dn->via.str.size, &idx) < 0) {
+            struct sy_buf b = SY_BUF_INIT;
+            sy_buf_json_str(&b, dn->via.str.ptr, dn->via.str.size);
+            rc = fail(d, -EINVAL, "unknown deployment %s", b.data);
+            sy_buf_free(&b);
+            return rc;
+        }
+        if (td->seen_model[idx] == model_idx + 1)
+            return fail(d, -EINVAL, "deployment \"%s\" is already listed at targets[%" PRIu32 "]",
+                        td->t->deployments[idx].name, td->seen_target[idx]);
+        td->seen_model[idx] = model_idx + 1;
+        td->seen_target[idx] = i;
+        tg->deployment = idx;
+        tg->weight = 1;
+        if (w) {
+            size_t m2 = path_key(d, "weight");
+            if ((rc = get_u32(d, w, &tg->weight)) < 0)
+                return rc;
+            path_pop(d, m2);
+        }
+        sum += tg->weight;
+        if (td->t->deployments[idx].enabled)
+            enabled_sum += tg->weight;
+        m->n_targets++;
+        path_pop(d, mark);
+    }
+    if (sum == 0)
+        return fail(d, -EINVAL, "weights sum to 0; give at least one target a positive weight");
+    if (sum > UINT32_MAX)
+        return fail(d, -EINVAL, "weights sum to more than %" PRIu32, UINT32_MAX);
+    m->total_weight = (uint32_t)enabled_sum;
+    return 0;
+}
+
+static int decode_field(struct table_dec *td, const struct field *f, const msgpack_object *v,
+                        void *base)
+{
+    struct dec *d = &td->d;
+    void *p = (char *)base + f->off;
+    uint64_t u;
+    int e, rc;
+
+    switch (f->kind) {
+    case FIELD_STR:
+        return get_str(d, v, p);
+    case FIELD_U32:
+        return get_u32(d, v, p);
+    case FIELD_U64:
+        if ((rc = get_u64(d, v, UINT64_MAX, &u)) == 0)
+            *(uint64_t *)p = u;
+        return rc;
+    case FIELD_I64:
+        return get_i64(d, v, p);
+    case FIELD_BOOL:
+        if (v->type != MSGPACK_OBJECT_BOOLEAN)
+            return fail(d, -EINVAL, "expected true or false, got %s", type_name(v));
+        *(bool *)p = v->via.boolean;
+        return 0;
+    case FIELD_FORMAT:
+        if ((rc = get_enum(d, v, format_names, SY_FORMAT_MAX, &e)) == 0)
+            *(enum sy_format *)p = (enum sy_format)e;
+        return rc;
+    case FIELD_AUTH:
+        if ((rc = get_enum(d, v, auth_names, SY_AUTH_MAX, &e)) == 0)
+            *(enum sy_auth_style *)p = (enum sy_auth_style)e;
+        return rc;
+    case FIELD_HEADERS:
+        return decode_headers(d, v, SY_CONTAINER_OF(p, struct sy_deployment, headers));
+    case FIELD_TIMEOUTS:
+        return decode_fields(td, v, timeout_fields, SY_ARRAY_LEN(timeout_fields), p);
+    case FIELD_TARGETS: {
+        struct sy_model *m = SY_CONTAINER_OF(p, struct sy_model, targets);
+        return decode_targets(td, v, m, (uint32_t)(m - td->t->models));
+    }
+    case FIELD_MAX:
+        break;
+    }
+    SY_REQUIRE(0);
+    return -EINVAL;
+}
+
+/* Read the keys of <map> named in <fields> into <base>; others, and nil values, are skipped. */
+static int decode_fields(struct table_dec *td, const msgpack_object *map,
+                         const struct field *fields, size_t n_fields, void *base)
+{
+    struct dec *d = &td->d;
+
+    uint64_t seen = 0;
+
+    static_assert(SY_ARRAY_LEN(deployment_fields) <= 64, "seen is a 64-bit mask");
+    if (map->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map, got %s", type_name(map));
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        for (size_t j = 0; j < n_fields; j++) {
+            if (!key_is(&kv->key, fields[j].key))
+                continue;
+            size_t mark = path_key(d, fields[j].key);
+            if (seen & (UINT64_C(1) << j)) /* which one was meant cannot be known */
+                return fail(d, -EINVAL, "given twice");
+            seen |= UINT64_C(1) << j;
+            if (kv->val.type == MSGPACK_OBJECT_NIL) { /* same as absent */
+                path_pop(d, mark);
+                break;
+            }
+            int rc = decode_field(td, &fields[j], &kv->val, base);
+            if (rc < 0)
+                return rc;
+            path_pop(d, mark);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* A string field that must be given and not empty. */
+static int check_given(struct dec *d, const char *key, const char *value)
+{
+    if (value == NULL || *value == '\0') {
+        size_t mark = path_key(d, key);
+        int rc = fail(d, -EINVAL, value ? "must not be empty" : "missing");
+        path_pop(d, mark);
+        return rc;
+    }
+    return 0;
+}
+
+static int missing(struct dec *d, const char *key, const char *why)
+{
+    size_t mark = path_key(d, key);
+    int rc = fail(d, -EINVAL, "missing%s", why);
+    path_pop(d, mark);
+    return rc;
+}
+
+static int check_deployment(struct dec *d, struct sy_deployment *dep)
+{
+    int rc;
+
+    if ((rc = check_given(d, "name", dep->name)) < 0 ||
+        (rc = check_given(d, "model", dep->model)) < 0 ||
+        (rc = check_given(d, "base_url", dep->base_url)) < 0)
+        return rc;
+    if (dep->origin.ca_file && *dep->origin.ca_file == '\0')
+        return check_given(d, "ca_file", dep->origin.ca_file);
+    if (dep->provider == NULL && (dep->provider = strdup("")) == NULL)
+        return oom(d);
+    char *oerr = NULL;
+    if ((rc = sy_origin_parse(dep->base_url, &dep->origin, &oerr)) < 0) {
+        size_t mark = path_key(d, "base_url");
+        rc = fail(d, rc, "%s", oerr);
+        path_pop(d, mark);
+        free(oerr);
+        return rc;
+    }
+
+    if (dep->auth_style == SY_AUTH_MAX) { /* not given: what the format's provider expects */
+        static const char *const name_by_format[SY_FORMAT_MAX] = {
+            [SY_FORMAT_ANTHROPIC] = "x-api-key",
+            [SY_FORMAT_AZURE] = "api-key",
+        };
+        const char *n = name_by_format[dep->format];
+        dep->auth_style = n ? SY_AUTH_HEADER : SY_AUTH_BEARER;
+        if (n && dep->auth_name == NULL && (dep->auth_name = strdup(n)) == NULL)
+            return oom(d);
+    }
+    if (dep->auth_style == SY_AUTH_HEADER || dep->auth_style == SY_AUTH_QUERY) {
+        const char *style = auth_names[dep->auth_style];
+        if (dep->auth_name == NULL || *dep->auth_name == '\0') {
+            size_t mark = path_key(d, "auth_name");
+            rc = fail(d, -EINVAL, "required when auth is \"%s\"", style);
+            path_pop(d, mark);
+            return rc;
+        }
+        for (const char *c = dep->auth_name; *c; c++) {
+            bool ok = dep->auth_style == SY_AUTH_HEADER
+                          ? sy__is_tchar((unsigned char)*c)
+                          : (sy__is_tchar((unsigned char)*c) && !strchr("!$&'*+|^`#%", *c));
+            if (!ok) {
+                size_t mark = path_key(d, "auth_name");
+                rc = fail(d, -EINVAL, "illegal character '%c' in a %s name", *c,
+                          dep->auth_style == SY_AUTH_HEADER ? "header" : "query parameter");
+                path_pop(d, mark);
+                return rc;
+            }
+        }
+    }
+    if (dep->enabled && dep->auth_style != SY_AUTH_NONE && dep->api_key == NULL) {
+        char why[96];
+        snprintf(why, sizeof(why), " (auth is \"%s\"; use auth \"none\" for a keyless provider)",
+                 auth_names[dep->auth_style]);
+        return missing(d, "api_key", why);
+    }
+    return 0;
+}
+
+/* qsort_r context: the names, indexed like the array of indices being sorted. */
+struct name_sort {
+    const char *const *names;
+};
+
+static int cmp_by_name(const void *a, const void *b, void *ctx)
+{
+    const struct name_sort *ns = ctx;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = strcmp(ns->names[x], ns->names[y]);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Sort indices 0..<n>-1 by <names>, then report the first name used twice under <what>. */
+static int sort_unique(struct dec *d, const char *const *names, uint32_t n, const char *what,
+                       uint32_t **out)
+{
+    uint32_t *idx = malloc(sizeof(*idx) * (n ? n : 1));
+    struct name_sort ns = {names};
+    if (idx == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++)
+        idx[i] = i;
+    qsort_r(idx, n, sizeof(*idx), cmp_by_name, &ns);
+    for (uint32_t i = 1; i < n; i++) {
+        if (strcmp(names[idx[i - 1]], names[idx[i]]) == 0) {
+            struct sy_buf b = SY_BUF_INIT;
+            sy_buf_json_str(&b, names[idx[i]], strlen(names[idx[i]]));
+            int rc = sy__proto_fail(d->err, -EINVAL,
+                                    "%s[%" PRIu32 "].name: duplicate %s (also %s[%" PRIu32 "])",
+                                    what, idx[i], b.data, what, idx[i - 1]);
+            sy_buf_free(&b);
+            free(idx);
+            return rc;
+        }
+    }
+    *out = idx;
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Report the first slot used twice under <what>: slots index shared-memory counters, and two
+ * objects on one slot would count into each other. Element i's slot is the uint32_t at
+ * <base> + i * <stride> + <off>. */
+static int check_slots(struct dec *d, const void *base, size_t stride, size_t off, uint32_t n,
+                       const char *what)
+{
+    uint64_t *s = malloc(sizeof(*s) * (n ? n : 1));
+    int rc = 0;
+    if (s == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t slot = *(const uint32_t *)((const char *)base + i * stride + off);
+        s[i] = (uint64_t)slot << 32 | i;
+    }
+    qsort(s, n, sizeof(*s), cmp_u64);
+    for (uint32_t i = 1; i < n; i++) {
+        if (s[i - 1] >> 32 == s[i] >> 32) {
+            rc = sy__proto_fail(
+                d->err, -EINVAL,
+                "%s[%" PRIu32 "].slot: %" PRIu32 " is already used by %s[%" PRIu32 "]", what,
+                (uint32_t)s[i], (uint32_t)(s[i] >> 32), what, (uint32_t)s[i - 1]);
+            break;
+        }
+    }
+    free(s);
+    return rc;
+}
+
+static void deployment_free(struct sy_deployment *dep)
+{
+    if (dep->api_key)
+        explicit_bzero(dep->api_key, strlen(dep->api_key));
+    for (uint32_t i = 0; i < dep->n_headers; i++) {
+        free(dep->headers[i].name);
+        if (dep->headers[i].value) /* custom auth headers carry secrets too */
+            explicit_bzero(dep->headers[i].value, strlen(dep->headers[i].value));
+        free(dep->headers[i].value);
+    }
+    free(dep->headers);
+    free(dep->name);
+    free(dep->provider);
+    free(dep->model);
+    free(dep->base_url);
+    free(dep->auth_name);
+    free(dep->api_key);
+    free(dep->api_version);
+    sy_origin_free(&dep->origin);
+}
+
+static void table_free(struct sy_table *t)
+{
+    for (uint32_t i = 0; i < t->n_deployments; i++)
+        deployment_free(&t->deployments[i]);
+    free(t->deployments);
+    for (uint32_t i = 0; i < t->n_models; i++) {
+        free(t->models[i].name);
+        free(t->models[i].targets);
+    }
+    free(t->models);
+    free(t);
+}
+
+static int decode_deployments(struct table_dec *td, const msgpack_object *v)
+{
+    struct dec *d = &td->d;
+    struct sy_table *t = td->t;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    uint32_t n = v->via.array.size;
+    t->deployments = calloc(n ? n : 1, sizeof(*t->deployments));
+    if (t->deployments == NULL)
+        return oom(d);
+    t->n_deployments = n; /* all zeroed: table_free() copes with a partial decode */
+    for (uint32_t i = 0; i < n; i++) {
+        struct sy_deployment *dep = &t->deployments[i];
+        size_t mark = path_index(d, i);
+        dep->format = SY_FORMAT_OPENAI;
+        dep->auth_style = SY_AUTH_MAX; /* "not given": the default depends on the format */
+        dep->weight = 1;
+        dep->slot = i;
+        dep->enabled = true;
+        if ((rc = decode_fields(td, &v->via.array.ptr[i], deployment_fields,
+                                SY_ARRAY_LEN(deployment_fields), dep)) < 0)
+            return rc;
+        if ((rc = check_deployment(d, dep)) < 0)
+            return rc;
+        path_pop(d, mark);
+    }
+
+    const char **names = malloc(sizeof(*names) * (n ? n : 1));
+    if (names == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++)
+        names[i] = t->deployments[i].name;
+    rc = sort_unique(d, names, n, "deployments", &td->dep_by_name);
+    free(names);
+    if (rc < 0)
+        return rc;
+    return check_slots(d, t->deployments, sizeof(*t->deployments),
+                       offsetof(struct sy_deployment, slot), n, "deployments");
+}
+
+static int decode_models(struct table_dec *td, const msgpack_object *v)
+{
+    struct dec *d = &td->d;
+    struct sy_table *t = td->t;
+    uint32_t *order = NULL;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    uint32_t n = v->via.array.size;
+    t->models = calloc(n ? n : 1, sizeof(*t->models));
+    td->seen_model = calloc(t->n_deployments ? t->n_deployments : 1, sizeof(uint32_t));
+    td->seen_target = calloc(t->n_deployments ? t->n_deployments : 1, sizeof(uint32_t));
+    if (t->models == NULL || td->seen_model == NULL || td->seen_target == NULL)
+        return oom(d);
+    t->n_models = n;
+    for (uint32_t i = 0; i < n; i++) {
+        struct sy_model *m = &t->models[i];
+        size_t mark = path_index(d, i);
+        m->slot = i;
+        if ((rc = decode_fields(td, &v->via.array.ptr[i], model_fields, SY_ARRAY_LEN(model_fields),
+                                m)) < 0)
+            return rc;
+        if ((rc = check_given(d, "name", m->name)) < 0)
+            return rc;
+        if (m->targets == NULL)
+            return missing(d, "targets", "");
+        path_pop(d, mark);
+    }
+
+    const char **names = malloc(sizeof(*names) * (n ? n : 1));
+    if (names == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++)
+        names[i] = t->models[i].name;
+    rc = sort_unique(d, names, n, "models", &order);
+    free(names);
+    if (rc == 0)
+        rc = check_slots(d, t->models, sizeof(*t->models), offsetof(struct sy_model, slot), n,
+                         "models");
+    if (rc < 0) {
+        free(order);
+        return rc;
+    }
+
+    /* Lay the models out in name order, for sy_table_find_model(). */
+    struct sy_model *sorted = malloc(sizeof(*sorted) * (n ? n : 1));
+    if (sorted == NULL) {
+        free(order);
+        return oom(d);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        sorted[i] = t->models[order[i]];
+    free(t->models);
+    t->models = sorted;
+    free(order);
+    return 0;
+}
+
+static int decode_table(struct table_dec *td, const msgpack_object *root)
+{
+    struct dec *d = &td->d;
+    const msgpack_object *v;
+    int64_t schema;
+    size_t mark;
+    int rc;
+
+    if (root->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map at the top level, got %s", type_name(root));
+
+    /* The schema first: a table of another schema would fail in confusing ways below. */
+    if ((rc = map_get(d, root, "schema", &v)) < 0)
+        return rc;
+    mark = path_key(d, "schema");
+    if (v == NULL)
+        return fail(d, -EINVAL, "missing (this build reads schema %d)", SY_TABLE_SCHEMA);
+    if ((rc = get_i64(d, v, &schema)) < 0)
+        return rc;
+    if (schema != SY_TABLE_SCHEMA)
+        return fail(d, -EINVAL,
+                    "table schema %" PRId64 " is not supported (this build reads "
+                    "schema %d)",
+                    schema, SY_TABLE_SCHEMA);
+    path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "version", &v)) < 0)
+        return rc;
+    mark = path_key(d, "version");
+    if (v == NULL)
+        return fail(d, -EINVAL, "missing");
+    if ((rc = get_u64(d, v, UINT64_MAX, &td->t->version)) < 0)
+        return rc;
+    path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "created_ms", &v)) < 0)
+        return rc;
+    mark = path_key(d, "created_ms");
+    if (v && (rc = get_i64(d, v, &td->t->created_ms)) < 0)
+        return rc;
+    path_pop(d, mark);
+
+    /* Deployments before models, whatever the order of the keys: targets refer to them. */
+    if ((rc = map_get(d, root, "deployments", &v)) < 0)
+        return rc;
+    mark = path_key(d, "deployments");
+    if (v && (rc = decode_deployments(td, v)) < 0)
+        return rc;
+    path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "models", &v)) < 0)
+        return rc;
+    mark = path_key(d, "models");
+    if (v && (rc = decode_models(td, v)) < 0)
+        return rc;
+    path_pop(d, mark);
+    return 0;
+}
+
+int sy_table_decode(const char *data, size_t len, struct sy_table **out, char **err)
+{
+    struct table_dec td = {.d = {.path = SY_BUF_INIT, .err = err}};
+    msgpack_unpacked up;
+    size_t off = 0;
+    int rc;
+
+    *out = NULL;
+    if (err)
+        *err = NULL;
+    if (len == 0)
+        return sy__proto_fail(err, -EINVAL, "empty table");
+    if ((rc = prescan(data, len, err)) < 0)
+        return rc;
+
+    msgpack_unpacked_init(&up);
+    switch (msgpack_unpack_next(&up, data, len, &off)) {
+    case MSGPACK_UNPACK_SUCCESS:
+        break;
+    case MSGPACK_UNPACK_NOMEM_ERROR:
+        rc = sy__proto_fail(err, -ENOMEM, "out of memory");
+        goto fail;
+    default: /* the pre-scan lets nothing else through, but stay safe */
+        rc = sy__proto_fail(err, -EINVAL, "invalid msgpack");
+        goto fail;
+    }
+
+    td.t = calloc(1, sizeof(*td.t));
+    if (td.t == NULL) {
+        rc = sy__proto_fail(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    atomic_init(&td.t->refs, 1);
+    sy_buf_reserve(&td.d.path, 64);
+    if ((rc = decode_table(&td, &up.data)) < 0)
+        goto fail;
+    *out = td.t;
+    td.t = NULL;
+
+fail:
+    if (td.t)
+        table_free(td.t);
+    free(td.dep_by_name);
+    free(td.seen_model);
+    free(td.seen_target);
+    sy_buf_free(&td.d.path);
+    msgpack_unpacked_destroy(&up);
+    return rc;
+}
+
+/* ---- encoding -------------------------------------------------------------------------- */
+
+static int buf_write(void *data, const char *p, size_t n)
+{
+    sy_buf_append(data, p, n);
+    return 0;
+}
+
+static void pack_cstr(msgpack_packer *pk, const char *s)
+{
+    msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+static void pack_fields(msgpack_packer *pk, const struct sy_table *t, const struct field *fields,
+                        size_t n_fields, const void *base);
+
+static void pack_field(msgpack_packer *pk, const struct sy_table *t, const struct field *f,
+                       const void *p)
+{
+    switch (f->kind) {
+    case FIELD_STR:
+        pack_cstr(pk, *(char *const *)p);
+        return;
+    case FIELD_U32:
+        msgpack_pack_uint32(pk, *(const uint32_t *)p);
+        return;
+    case FIELD_U64:
+        msgpack_pack_uint64(pk, *(const uint64_t *)p);
+        return;
+    case FIELD_I64:
+        msgpack_pack_int64(pk, *(const int64_t *)p);
+        return;
+    case FIELD_BOOL:
+        if (*(const bool *)p)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        return;
+    case FIELD_FORMAT:
+        pack_cstr(pk, format_names[*(const enum sy_format *)p]);
+        return;
+    case FIELD_AUTH:
+        pack_cstr(pk, auth_names[*(const enum sy_auth_style *)p]);
+        return;
+    case FIELD_HEADERS: {
+        const struct sy_deployment *dep = SY_CONTAINER_OF(p, struct sy_deployment, headers);
+        msgpack_pack_map(pk, dep->n_headers);
+        for (uint32_t i = 0; i < dep->n_headers; i++) {
+            pack_cstr(pk, dep->headers[i].name);
+            pack_cstr(pk, dep->headers[i].value);
+        }
+        return;
+    }
+    case FIELD_TIMEOUTS:
+        pack_fields(pk, t, timeout_fields, SY_ARRAY_LEN(timeout_fields), p);
+        return;
+    case FIELD_TARGETS: {
+        const struct sy_model *m = SY_CONTAINER_OF(p, struct sy_model, targets);
+        msgpack_pack_array(pk, m->n_targets);
+        for (uint32_t i = 0; i < m->n_targets; i++) {
+            msgpack_pack_map(pk, 2);
+            pack_cstr(pk, "deployment");
+            pack_cstr(pk, t->deployments[m->targets[i].deployment].name);
+            pack_cstr(pk, "weight");
+            msgpack_pack_uint32(pk, m->targets[i].weight);
+        }
+        return;
+    }
+    case FIELD_MAX:
+        break;
+    }
+    SY_REQUIRE(0);
+}
+
+/* A map of the fields of <base>; absent strings (NULL) are left out. */
+static void pack_fields(msgpack_packer *pk, const struct sy_table *t, const struct field *fields,
+                        size_t n_fields, const void *base)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_fields; i++)
+        if (fields[i].kind != FIELD_STR || *(char *const *)((const char *)base + fields[i].off))
+            n++;
+    msgpack_pack_map(pk, n);
+    for (size_t i = 0; i < n_fields; i++) {
+        const void *p = (const char *)base + fields[i].off;
+        if (fields[i].kind == FIELD_STR && *(char *const *)p == NULL)
+            continue;
+        pack_cstr(pk, fields[i].key);
+        pack_field(pk, t, &fields[i], p);
+    }
+}
+
+int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
+{
+    msgpack_packer pk;
+
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 5);
+    pack_cstr(&pk, "schema");
+    msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
+    pack_cstr(&pk, "version");
+    msgpack_pack_uint64(&pk, t->version);
+    pack_cstr(&pk, "created_ms");
+    msgpack_pack_int64(&pk, t->created_ms);
+    pack_cstr(&pk, "deployments");
+    msgpack_pack_array(&pk, t->n_deployments);
+    for (uint32_t i = 0; i < t->n_deployments; i++)
+        pack_fields(&pk, t, deployment_fields, SY_ARRAY_LEN(deployment_fields), &t->deployments[i]);
+    pack_cstr(&pk, "models");
+    msgpack_pack_array(&pk, t->n_models);
+    for (uint32_t i = 0; i < t->n_models; i++)
+        pack_fields(&pk, t, model_fields, SY_ARRAY_LEN(model_fields), &t->models[i]);
+    return 0;
+}
+
+/* ---- look-up and lifetime -------------------------------------------------------------- */
+
+/* Order of the counted <key>/<len> against the NUL-terminated <name>, bytewise like strcmp. */
+static int cmp_counted(const char *key, size_t len, const char *name)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (name[i] == '\0')
+            return 1;
+        if (key[i] != name[i])
+            return (unsigned char)key[i] < (unsigned char)name[i] ? -1 : 1;
+    }
+    return name[len] == '\0' ? 0 : -1;
+}
+
+const struct sy_model *sy_table_find_model(const struct sy_table *t, const char *name, size_t len)
+{
+    size_t lo = 0, hi = t->n_models;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = cmp_counted(name, len, t->models[mid].name);
+        if (c == 0)
+            return &t->models[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+void sy_table_unref(struct sy_table *t)
+{
+    if (t == NULL)
+        return;
+    uint32_t prev = atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel);
+    SY_REQUIRE(prev >= 1); /* 0 would be an unref too many */
+    if (prev == 1)
+        table_free(t);
+}

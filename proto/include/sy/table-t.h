@@ -36,7 +36,8 @@ struct sy_origin {
     char *path_prefix; /* base URL path without a trailing slash, "" for none */
     char *ca_file;     /* extra CA bundle for this provider, NULL for the system store */
     bool insecure;     /* skip certificate and host-name verification (development only) */
-    char *key;         /* pool key: scheme://host:port plus the TLS settings */
+    char *key;         /* pool key: "https://host:443" plus "|ca=<file>" and "|insecure" when
+                        * set on an https origin; IPv6 hosts in brackets */
 };
 
 struct sy_header_kv {
@@ -54,18 +55,20 @@ struct sy_timeouts {
 /** One upstream model on one provider account. */
 struct sy_deployment {
     char *name;
-    char *provider; /* provider account name, for labels */
+    char *provider; /* provider account name, for labels; "" when not given, never NULL */
     char *model;    /* upstream model id */
     enum sy_format format;
     char *base_url;
     struct sy_origin origin;
     enum sy_auth_style auth_style;
-    char *auth_name;  /* header or query parameter name for SY_AUTH_HEADER / SY_AUTH_QUERY */
-    char *api_key;    /* plaintext credential in memory only; zeroed when the table is freed */
+    char *auth_name;   /* header or query parameter name for SY_AUTH_HEADER / SY_AUTH_QUERY;
+                        * "x-api-key" (anthropic) or "api-key" (azure) when auth is not given */
+    char *api_key;     /* plaintext credential in memory only; zeroed when the table is freed;
+                        * NULL for SY_AUTH_NONE or a disabled deployment without one */
     char *api_version; /* Azure api-version, Anthropic anthropic-version; NULL for default */
     struct sy_header_kv *headers; /* extra headers sent upstream */
     uint32_t n_headers;
-    struct sy_timeouts timeouts;
+    struct sy_timeouts timeouts; /* 0: the data plane's default */
     uint32_t weight;
     uint32_t slot; /* index in the shared-memory counters, assigned by the control plane */
     bool enabled;
@@ -82,7 +85,7 @@ struct sy_model {
     char *name;
     struct sy_target *targets;
     uint32_t n_targets;
-    uint32_t total_weight;
+    uint32_t total_weight; /* sum of the weights of targets on enabled deployments; may be 0 */
     uint32_t slot;
 };
 

@@ -7,24 +7,40 @@
 #include "sy/buf.h"
 #include "sy/table-t.h"
 
-/** Decode a msgpack routing table from <data>/<len> (borrowed). On success *<out> holds a new
- * table with one reference. On failure returns -EINVAL and sets *<err> to a message the caller
- * frees. */
+/** Decode a msgpack routing table from <data>/<len> (borrowed; nothing points into it
+ * afterwards). On success *<out> holds a new table with one reference. On failure returns
+ * -EINVAL (bad input) or -ENOMEM and sets *<err> to a message the caller frees, naming the
+ * offending field by its path, e.g. `deployments[2].base_url: scheme must be http or https`.
+ * The whole table is validated: a table that decodes is safe to route by. */
 int sy_table_decode(const char *data, size_t len, struct sy_table **out, char **err);
 
-/** Encode <t> (borrowed) as msgpack, appended to <out>. */
+/** Encode <t> (borrowed) as msgpack, appended to <out>; sy_table_decode() of the result gives
+ * back an equal table. The bytes hold the credentials: zero them when done. Returns 0. */
 int sy_table_encode(const struct sy_table *t, struct sy_buf *out);
 
-/** Build a table from its hand-written JSON form (proto/README.md) in <text>/<len>. */
+/** Build a table from its hand-written JSON form (proto/README.md) in <text>/<len> (borrowed).
+ * Same keys, defaults, validation and messages as sy_table_decode() (the JSON is turned into
+ * msgpack and decoded), plus `api_key_env` on a deployment: the key is read from that
+ * environment variable now. Results as sy_table_decode(). */
 int sy_table_from_json(const char *text, size_t len, struct sy_table **out, char **err);
 
-/** Load a table file: JSON when its first non-blank byte is '{', msgpack otherwise. */
+/** Load the table file <path>: JSON when its first non-blank byte is '{', msgpack otherwise.
+ * Results as sy_table_decode(), and -errno when the file cannot be read; every message starts
+ * with "<path>: ". */
 int sy_table_load_file(const char *path, struct sy_table **out, char **err);
 
-/** Parse <url> ("http[s]://host[:port][/path]") into <o>, which then owns its strings. */
+/** Parse <url> (borrowed; "http[s]://host[:port][/path]") into <o>, which then owns its
+ * strings. <o> must be zeroed or hold an earlier result: its host, host_header, path_prefix and
+ * key are replaced, while its ca_file (owned by <o>) and insecure are inputs that go into the
+ * pool key of an https origin, so set them first. On failure <o> is unchanged and *<err> says
+ * what is wrong without repeating the URL (it may hold a secret); returns -EINVAL or -ENOMEM. */
 int sy_origin_parse(const char *url, struct sy_origin *o, char **err);
 
-/** The public model named <name>/<len>, or NULL. */
+/** Free the strings of <o> (ca_file included) and zero it; it can be parsed into again. */
+void sy_origin_free(struct sy_origin *o);
+
+/** The public model named <name>/<len> (borrowed, need not be NUL-terminated), or NULL.
+ * Binary search: O(log n_models). */
 const struct sy_model *sy_table_find_model(const struct sy_table *t, const char *name, size_t len);
 
 /** Take one more reference on <t>. */
