@@ -98,8 +98,8 @@ void dp_upstream_ctx_close(struct dp_upstream_ctx *ctx);
 uint32_t dp_upstream_ctx_open_conns(const struct dp_upstream_ctx *ctx);
 
 /** Start an exchange with <origin> (borrowed; must outlive the exchange, e.g. through a table
- * reference). <req>/<n_req> are the complete request bytes, head and body, which the client
- * borrows until the done callback. Callbacks get <ud>. Returns 0 and sets *<out>, or a negative
+ * reference). <req>/<n_req> are the complete request bytes, head and body: the client borrows
+ * both the array and the bytes until the done callback. Callbacks get <ud>. Returns 0 and sets *<out>, or a negative
  * errno when it cannot even begin (then no callback is called). Every failure after that is
  * reported through on_done, never synchronously from inside this call. A pooled connection that
  * turns out to be closed by the provider before any response byte is retried once on a fresh
