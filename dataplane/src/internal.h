@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <uv.h>
 
@@ -32,9 +33,18 @@ struct dp_config {
 };
 
 /** Fill <c> from defaults, then the environment, then <argv>. On a bad value returns -EINVAL
- * with a message in *<err> (caller frees); on --help prints usage and returns 1. */
+ * with a message in *<err> (caller frees); on --help or --version prints to stdout and returns
+ * 1. On any non-zero return <c> holds nothing to free. */
 int dp_config_load(struct dp_config *c, int argc, char **argv, char **err);
+/** Free the strings of <c>; safe on a zeroed or already freed <c>. */
 void dp_config_free(struct dp_config *c);
+
+/** Parse a listen address <text> (borrowed): "host:port" with an IPv4 host, "[ipv6]:port",
+ * ":port" or "*:port" (every IPv4 interface), "localhost:port". Fills <addr>/<len>. On failure
+ * returns -EINVAL with a message in *<err> (caller frees). */
+int dp__listen_parse(const char *text, struct sockaddr_storage *addr, socklen_t *len, char **err);
+/** Write <sa> as "a.b.c.d:port" or "[v6]:port" into <out>/<size>. */
+void dp__addr_format(const struct sockaddr *sa, char *out, size_t size);
 
 /* ---- master.c ---------------------------------------------------------------------------- */
 
@@ -45,6 +55,10 @@ int dp_master_run(const struct dp_config *c);
 
 /* ---- worker.c ---------------------------------------------------------------------------- */
 
-/** Body of a worker process: serve on the inherited listening socket <listen_fd> until told to
- * drain (SIGTERM) and done. <index> names the slot in logs. Returns the exit status. */
-int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index);
+/** Body of a worker process (called in the child after fork): serve on the inherited listening
+ * socket <listen_fd> with routing table <table> (takes the reference) until told to drain
+ * (SIGTERM) and done. Writes one byte to <ready_fd> (then closes it) once it is accepting, so
+ * the master can retire the generation it replaces; -1 for none. <index> names the slot in
+ * logs. Returns the process exit status: 0 after a drain. */
+int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int ready_fd,
+                  struct sy_table *table);
