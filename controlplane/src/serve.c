@@ -1,11 +1,374 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/** Placeholder for the daemon (admin API, publisher); replaced by the serve issue. */
-#include <stdio.h>
+/** The control-plane daemon: settings, start-up (migrations, master key, database), the admin
+ * listener, the publisher, and a clean stop on SIGTERM/SIGINT. */
 
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "api.h"
 #include "internal.h"
+#include "migrate.h"
+#include "server.h"
+#include "sy/log.h"
+#include "sy/util.h"
+
+static const char usage_text[] =
+    "Usage: switchyard-controlplane [serve] [OPTIONS]\n"
+    "\n"
+    "Run the control plane: the admin API, and the publisher of routing tables to the data\n"
+    "plane. Every option is also an environment variable.\n"
+    "\n"
+    "  --database-url URL        SWITCHYARD_DATABASE_URL (required)\n"
+    "  --admin-listen HOST:PORT  SWITCHYARD_ADMIN_LISTEN (default 127.0.0.1:9090)\n"
+    "  --admin-token TOKEN       SWITCHYARD_ADMIN_TOKEN: read-write admin token (required, or:)\n"
+    "  --admin-token-file FILE   SWITCHYARD_ADMIN_TOKEN_FILE\n"
+    "  --readonly-token TOKEN    SWITCHYARD_READONLY_TOKEN: token that can only read\n"
+    "  --readonly-token-file F   SWITCHYARD_READONLY_TOKEN_FILE\n"
+    "  --socket PATH             SWITCHYARD_SOCKET: Unix socket for the data plane\n"
+    "                            (default /run/switchyard/control.sock)\n"
+    "  --node-id ID              SWITCHYARD_NODE_ID (default: the host name)\n"
+    "  --port-file FILE          write the admin port here once listening\n"
+    "  --log-level LEVEL         SWITCHYARD_LOG_LEVEL: error, warn, info, debug\n"
+    "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
+
+static char *env_dup(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? sy_xstrdup(v) : NULL;
+}
+
+/* The first line of <path>, trimmed; NULL with *<err> when unreadable or empty. */
+static char *read_token_file(const char *path, char **err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        cp__fail(err, -errno, "cannot read token file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char line[1024];
+    char *tok = NULL;
+    if (fgets(line, sizeof(line), f)) {
+        size_t n = strcspn(line, "\r\n");
+        while (n && (line[n - 1] == ' ' || line[n - 1] == '\t'))
+            n--;
+        if (n)
+            tok = sy_xstrndup(line, n);
+    }
+    fclose(f);
+    if (!tok)
+        cp__fail(err, -EINVAL, "token file %s is empty", path);
+    return tok;
+}
+
+static void config_free(struct cp_config *c)
+{
+    SY_FREE(c->database_url);
+    SY_FREE(c->admin_listen);
+    if (c->admin_token)
+        cp_crypto_free_secret(c->admin_token, strlen(c->admin_token));
+    if (c->readonly_token)
+        cp_crypto_free_secret(c->readonly_token, strlen(c->readonly_token));
+    c->admin_token = c->readonly_token = NULL;
+    SY_FREE(c->socket_path);
+    SY_FREE(c->node_id);
+    SY_FREE(c->port_file);
+    SY_FREE(c->log_level);
+}
+
+static void set(char **field, const char *v)
+{
+    free(*field);
+    *field = sy_xstrdup(v);
+}
+
+/* Defaults, then the environment, then flags. Returns 0, 1 after --help, or -EINVAL. */
+static int config_load(struct cp_config *c, int argc, char **argv, char **err)
+{
+    memset(c, 0, sizeof(*c));
+    c->database_url = env_dup("SWITCHYARD_DATABASE_URL");
+    c->admin_listen = env_dup("SWITCHYARD_ADMIN_LISTEN");
+    c->admin_token = env_dup("SWITCHYARD_ADMIN_TOKEN");
+    c->readonly_token = env_dup("SWITCHYARD_READONLY_TOKEN");
+    c->socket_path = env_dup("SWITCHYARD_SOCKET");
+    c->node_id = env_dup("SWITCHYARD_NODE_ID");
+    c->log_level = env_dup("SWITCHYARD_LOG_LEVEL");
+    char *admin_file = env_dup("SWITCHYARD_ADMIN_TOKEN_FILE");
+    char *ro_file = env_dup("SWITCHYARD_READONLY_TOKEN_FILE");
+
+    static const struct option opts[] = {
+        {"database-url", required_argument, NULL, 'd'},
+        {"admin-listen", required_argument, NULL, 'l'},
+        {"admin-token", required_argument, NULL, 't'},
+        {"admin-token-file", required_argument, NULL, 'T'},
+        {"readonly-token", required_argument, NULL, 'r'},
+        {"readonly-token-file", required_argument, NULL, 'R'},
+        {"socket", required_argument, NULL, 's'},
+        {"node-id", required_argument, NULL, 'n'},
+        {"port-file", required_argument, NULL, 'p'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch, rc = 0;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'd': set(&c->database_url, optarg); break;
+        case 'l': set(&c->admin_listen, optarg); break;
+        case 't': set(&c->admin_token, optarg); break;
+        case 'T': set(&admin_file, optarg); break;
+        case 'r': set(&c->readonly_token, optarg); break;
+        case 'R': set(&ro_file, optarg); break;
+        case 's': set(&c->socket_path, optarg); break;
+        case 'n': set(&c->node_id, optarg); break;
+        case 'p': set(&c->port_file, optarg); break;
+        case 'L': set(&c->log_level, optarg); break;
+        case 'h': fputs(usage_text, stdout); rc = 1; goto out;
+        default:
+            rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
+                          argv[optind - 1]);
+            goto out;
+        }
+    }
+    if (optind < argc) {
+        rc = cp__fail(err, -EINVAL, "unexpected argument \"%s\" (see --help)", argv[optind]);
+        goto out;
+    }
+    if (admin_file && !c->admin_token && !(c->admin_token = read_token_file(admin_file, err))) {
+        rc = -EINVAL;
+        goto out;
+    }
+    if (ro_file && !c->readonly_token && !(c->readonly_token = read_token_file(ro_file, err))) {
+        rc = -EINVAL;
+        goto out;
+    }
+    if (!c->database_url) {
+        rc = cp__fail(err, -EINVAL, "no database: set SWITCHYARD_DATABASE_URL or --database-url");
+        goto out;
+    }
+    if (!c->admin_token) {
+        rc = cp__fail(err, -EINVAL,
+                      "no admin token: set SWITCHYARD_ADMIN_TOKEN(_FILE) or --admin-token(-file)");
+        goto out;
+    }
+    if (strlen(c->admin_token) < 16) {
+        rc = cp__fail(err, -EINVAL, "the admin token must be at least 16 characters long");
+        goto out;
+    }
+    if (!c->admin_listen)
+        c->admin_listen = sy_xstrdup("127.0.0.1:9090");
+    if (!c->socket_path)
+        c->socket_path = sy_xstrdup("/run/switchyard/control.sock");
+    if (!c->node_id) {
+        char host[256];
+        if (gethostname(host, sizeof(host)) != 0)
+            snprintf(host, sizeof(host), "node");
+        host[sizeof(host) - 1] = '\0';
+        c->node_id = sy_xstrdup(host);
+    }
+    if (c->log_level && sy_log_set_level(c->log_level) < 0) {
+        rc = cp__fail(err, -EINVAL, "log level \"%s\" is not error, warn, info or debug",
+                      c->log_level);
+        goto out;
+    }
+out:
+    free(admin_file);
+    free(ro_file);
+    if (rc != 0)
+        config_free(c);
+    return rc;
+}
+
+/* "host:port", "[v6]:port" or ":port". */
+static int parse_listen(const char *text, struct sockaddr_storage *ss, char **err)
+{
+    char host[256];
+    const char *colon = strrchr(text, ':');
+    if (!colon || colon == text + strlen(text) - 1)
+        return cp__fail(err, -EINVAL, "admin listen address \"%s\" needs a port (host:port)", text);
+    size_t hl = (size_t)(colon - text);
+    if (hl >= sizeof(host))
+        return cp__fail(err, -EINVAL, "admin listen address \"%s\" is too long", text);
+    memcpy(host, text, hl);
+    host[hl] = '\0';
+    uint64_t port;
+    if (!sy_parse_u64(colon + 1, strlen(colon + 1), &port) || port > 65535)
+        return cp__fail(err, -EINVAL, "admin listen address \"%s\": bad port", text);
+    if (hl == 0 || strcmp(host, "*") == 0)
+        snprintf(host, sizeof(host), "0.0.0.0");
+    if (host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        if (uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)ss) == 0)
+            return 0;
+    } else if (strcmp(host, "localhost") == 0) {
+        return uv_ip4_addr("127.0.0.1", (int)port, (struct sockaddr_in *)ss);
+    } else if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) {
+        return 0;
+    }
+    return cp__fail(err, -EINVAL, "admin listen address \"%s\": not an IP address", text);
+}
+
+static void write_port_file(const char *path, int port)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    fprintf(f, "%d\n", port);
+    fclose(f);
+    rename(tmp, path);
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct cp_server *cp = s->data;
+    if (cp->stopping)
+        return;
+    cp->stopping = true;
+    sy_log(SY_LOG_INFO, "serve", "stopping on signal %d", signum);
+    cp__publisher_stop(cp);
+    sy_http_server_drain(&cp->http);
+    sy_http_server_close_all(&cp->http);
+    uv_close((uv_handle_t *)&cp->sig_term, NULL);
+    uv_close((uv_handle_t *)&cp->sig_int, NULL);
+    cp_db_close(cp->db);
+    cp->db = NULL;
+}
+
+static void on_db_state(struct cp_db *db, void *ud, bool up, const char *why)
+{
+    if (up)
+        sy_log(SY_LOG_INFO, "db", "database connection up");
+    else
+        sy_log(SY_LOG_WARN, "db", "database connection down: %s", why ? why : "");
+    cp__publisher_db_state(ud, up);
+}
 
 int cp_serve(int argc, char **argv)
 {
-    fprintf(stderr, "switchyard-controlplane: serve: not yet\n");
-    return 1;
+    struct cp_server *cp = sy_xcalloc(1, sizeof(*cp));
+    char *err = NULL;
+    int status = 1;
+    sy_log_set_ident("controlplane");
+    signal(SIGPIPE, SIG_IGN);
+    int rc = config_load(&cp->cfg, argc, argv, &err);
+    if (rc == 1) {
+        free(cp);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
+        free(err);
+        free(cp);
+        return 2;
+    }
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    cp->started_ms = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+
+    rc = cp_crypto_ring_from_env(&cp->ring, &err);
+    if (rc < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n",
+                rc == -ENOENT ? "no master key: set SWITCHYARD_MASTER_KEY or "
+                                "SWITCHYARD_MASTER_KEY_FILE (64 hex characters)"
+                              : err ? err : "out of memory");
+        goto out_cfg;
+    }
+    /* Migrations run before the loop serves: nothing can be served from an old schema. */
+    int applied = 0;
+    if (cp_migrate(cp->cfg.database_url, &applied, NULL, NULL, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "migrations failed");
+        goto out_ring;
+    }
+    if (applied)
+        sy_log(SY_LOG_INFO, "serve", "applied %d migrations", applied);
+
+    SY_REQUIRE(uv_loop_init(&cp->loop) == 0);
+    if (cp_db_open(&cp->loop, cp->cfg.database_url, &cp->db, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
+        goto out_loop;
+    }
+    cp_db_on_state(cp->db, on_db_state, cp);
+
+    struct sy_http_limits limits;
+    sy_http_limits_default(&limits);
+    limits.max_body_bytes = 4 * 1024 * 1024;
+    sy_http_server_init(&cp->http, &cp->loop, &limits);
+    cp->http.data = cp;
+    cp->http.on_request = cp__api_request;
+    struct sockaddr_storage ss;
+    if (parse_listen(cp->cfg.admin_listen, &ss, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err);
+        goto out_db;
+    }
+    rc = uv_tcp_bind(&cp->http.listener, (struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = sy_http_server_start(&cp->http);
+    if (rc < 0) {
+        fprintf(stderr, "switchyard-controlplane: cannot listen on %s: %s\n",
+                cp->cfg.admin_listen, uv_strerror(rc));
+        goto out_db;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    uv_tcp_getsockname(&cp->http.listener, (struct sockaddr *)&bound, &blen);
+    int port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                 : ((struct sockaddr_in *)&bound)->sin_port);
+
+    if (cp__publisher_start(cp, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "publisher failed");
+        goto out_db;
+    }
+
+    uv_signal_init(&cp->loop, &cp->sig_term);
+    uv_signal_init(&cp->loop, &cp->sig_int);
+    cp->sig_term.data = cp->sig_int.data = cp;
+    uv_signal_start(&cp->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&cp->sig_int, on_signal, SIGINT);
+
+    sy_log(SY_LOG_INFO, "serve", "admin API on %s (port %d), data-plane socket %s, node %s",
+           cp->cfg.admin_listen, port, cp->cfg.socket_path, cp->cfg.node_id);
+    printf("switchyard-controlplane admin API on http://%s:%d/admin/v1/\n",
+           bound.ss_family == AF_INET6 ? "[::1]" : "127.0.0.1", port);
+    fflush(stdout);
+    if (cp->cfg.port_file)
+        write_port_file(cp->cfg.port_file, port);
+
+    uv_run(&cp->loop, UV_RUN_DEFAULT);
+    status = 0;
+
+out_db:
+    if (cp->db) {
+        cp__publisher_stop(cp);
+        cp_db_close(cp->db);
+        cp->db = NULL;
+    }
+    uv_walk(&cp->loop, close_walk_cb, NULL);
+    uv_run(&cp->loop, UV_RUN_DEFAULT);
+out_loop:
+    uv_walk(&cp->loop, close_walk_cb, NULL);
+    uv_run(&cp->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&cp->loop);
+out_ring:
+    cp_crypto_ring_free(&cp->ring);
+out_cfg:
+    free(err);
+    config_free(&cp->cfg);
+    free(cp);
+    return status;
 }

@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/** The admin REST API's framework: routing of /admin/v1/<resource>[/<name>], token roles, the
+ * per-request call object, database queries bound to a call, JSON responses and errors in the
+ * shape {"error":{"message","type","param","code"}}, pagination, and field validation.
+ *
+ * A resource (api_providers.c, ...) fills a struct cp_resource. Its handlers answer through
+ * cp_call_json / cp_call_error (each ends the call and frees it) or start a query with
+ * cp_call_query, whose callback then answers. If the client goes away while a query runs, the
+ * callback is not invoked and the call is freed: a handler never sees a dead request. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "server.h"
+
+struct cp_call;
+
+/** Handlers of one resource; NULL means the method is not allowed (405). */
+struct cp_resource {
+    const char *name; /* path segment: "providers" */
+    const char *kind; /* singular for messages: "provider" */
+    void (*list)(struct cp_call *c);
+    void (*get)(struct cp_call *c);
+    void (*create)(struct cp_call *c);
+    void (*update)(struct cp_call *c, bool replace); /* PUT: replace; PATCH: merge */
+    void (*remove)(struct cp_call *c);
+};
+
+struct cp_call {
+    struct cp_server *cp;
+    struct sy_http_request *req; /* NULL once the client has gone */
+    enum cp_role role;
+    const struct cp_resource *res;
+    char *name;       /* the item's name from the path, decoded; NULL for the collection */
+    json_t *body;     /* the JSON request body (an object) for POST/PUT/PATCH, else NULL */
+    int64_t if_match; /* version from If-Match: "<n>", or -1 */
+    bool query_running;
+    void *state; /* the handler's own, freed with free_state when the call ends */
+    void (*free_state)(void *state);
+};
+
+/** Callback of cp_call_query: the call is alive (its client still waits). */
+typedef void (*cp_call_result_cb)(struct cp_call *c, const PGresult *res, const char *err);
+
+/** Run <sql> with text <params> (copied) for <c>; <cb> answers. */
+void cp_call_query(struct cp_call *c, const char *sql, int nparams, const char *const *params,
+                   cp_call_result_cb cb);
+
+/** Answer <status> with <body> (stolen; NULL for no body). <etag> >= 0 adds ETag: "<etag>". */
+void cp_call_json(struct cp_call *c, int status, json_t *body, int64_t etag);
+/** Answer with raw JSON text <json> (borrowed). */
+void cp_call_json_text(struct cp_call *c, int status, const char *json, int64_t etag);
+/** Answer an error. <param> and <code> may be NULL. */
+void cp_call_error(struct cp_call *c, int status, const char *type, const char *code,
+                   const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/** 400 invalid_request_error / invalid_value naming field <param>. */
+void cp_call_invalid(struct cp_call *c, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/** 404 for the call's item: 'provider "x" not found'. */
+void cp_call_not_found(struct cp_call *c);
+/** Answer a failed query: database down -> 503; unique violation -> 409; foreign key -> 409;
+ * check violation -> 400 naming the constraint; SY400/SY404/SY409/SY412 raised by our SQL
+ * functions -> that status with their message (HINT = the param); anything else -> 500. */
+void cp_call_db_failed(struct cp_call *c, const PGresult *res, const char *err);
+
+/** Parse ?limit= (1..500, default 50) and ?after= (a cursor: the last id seen, default 0).
+ * On a bad value answers 400 and returns false. */
+bool cp_call_page(struct cp_call *c, int *limit, int64_t *after);
+/** Answer a page from a result whose rows are (id, doc json), fetched with LIMIT limit+1:
+ * {"object":"list","data":[docs...],"has_more":bool,"next_cursor":"<id>"|null}. */
+void cp_call_page_result(struct cp_call *c, const PGresult *res, int limit);
+/** Answer one row's doc (column 0, JSON text) with its version (column 1) as ETag; no row: 404
+ * (or <status_if_none> when nonzero). */
+void cp_call_doc_result(struct cp_call *c, int status, const PGresult *res);
+
+/** Text of query parameter <name> decoded, or NULL; the string is the call's (freed with it). */
+const char *cp_call_param(struct cp_call *c, const char *name);
+
+/* ---- validation helpers: each returns true when valid; on a problem it answers 400 naming
+ * the field and returns false. <obj> is the merged document being validated. ---------------- */
+
+/** A string member: <required>, at most <max> bytes, no control characters; *<out> borrowed
+ * (NULL when absent and not required). */
+bool cp_val_str(struct cp_call *c, json_t *obj, const char *key, bool required, size_t max,
+                const char **out);
+/** A name: 1..<max> characters of [a-z0-9._-]. */
+bool cp_val_name(struct cp_call *c, json_t *obj, const char *key, size_t max, const char **out);
+/** One of <choices> (NULL-terminated); absent -> <dflt>. */
+bool cp_val_enum(struct cp_call *c, json_t *obj, const char *key, const char *const *choices,
+                 const char *dflt, const char **out);
+/** An integer in [min, max]; absent or null -> *<present> false. */
+bool cp_val_int(struct cp_call *c, json_t *obj, const char *key, int64_t min, int64_t max,
+                bool *present, int64_t *out);
+/** A number >= 0; absent -> 0. */
+bool cp_val_number(struct cp_call *c, json_t *obj, const char *key, double *out);
+/** A boolean; absent -> <dflt>. */
+bool cp_val_bool(struct cp_call *c, json_t *obj, const char *key, bool dflt, bool *out);
+/** Refuse members of <obj> not in <allowed> (NULL-terminated), naming the first unknown one. */
+bool cp_val_known(struct cp_call *c, json_t *obj, const char *prefix, const char *const *allowed);
+
+/** Format <v> as decimal text into <buf> (for query parameters). */
+const char *cp_i64(char buf[24], int64_t v);
+
+/** The resources served under /admin/v1. */
+extern const struct cp_resource cp_api_providers;
+extern const struct cp_resource cp_api_deployments;
+extern const struct cp_resource cp_api_models;
+extern const struct cp_resource cp_api_keys;
+extern const struct cp_resource cp_api_catalog;
+extern const struct cp_resource cp_api_status;

@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/** The control-plane daemon's state, shared by serve.c (start-up, settings, signals), the admin
+ * API (api*.c) and the publisher (compile.c, publish.c). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "crypto.h"
+#include "db.h"
+#include "sy/buf.h"
+#include "sy/http_server.h"
+
+struct cp_publisher;
+
+/** Settings; each is a flag and an environment variable (serve.c). */
+struct cp_config {
+    char *database_url;   /* SWITCHYARD_DATABASE_URL, --database-url */
+    char *admin_listen;   /* SWITCHYARD_ADMIN_LISTEN, --admin-listen (127.0.0.1:9090) */
+    char *admin_token;    /* SWITCHYARD_ADMIN_TOKEN(_FILE), --admin-token(-file): read-write */
+    char *readonly_token; /* SWITCHYARD_READONLY_TOKEN(_FILE), --readonly-token(-file) */
+    char *socket_path;    /* SWITCHYARD_SOCKET, --socket: where data planes connect */
+    char *node_id;        /* SWITCHYARD_NODE_ID, --node-id (default: the host name) */
+    char *port_file;      /* --port-file: write the admin port once listening (tests) */
+    char *log_level;      /* SWITCHYARD_LOG_LEVEL, --log-level */
+};
+
+enum cp_role {
+    CP_ROLE_NONE = 0,
+    CP_ROLE_READ,  /* the read-only token: GET only */
+    CP_ROLE_ADMIN, /* the admin token: everything */
+    CP_ROLE_MAX,
+};
+
+struct cp_server {
+    uv_loop_t loop;
+    struct cp_config cfg;
+    struct cp_db *db;
+    struct cp_crypto_ring ring;
+    struct sy_http_server http;
+    struct cp_publisher *pub; /* NULL until the publisher starts */
+    uv_signal_t sig_term, sig_int;
+    bool stopping;
+    int64_t started_ms; /* wall clock */
+};
+
+/* ---- publish.c --------------------------------------------------------------------------- */
+
+/** Start the publisher: listen on the data-plane socket, LISTEN for config changes, compile and
+ * publish the current config. Returns 0 or a negative errno with *<err> (caller frees). */
+int cp__publisher_start(struct cp_server *cp, char **err);
+/** Close the socket and every data-plane connection (on stop). Safe to call twice. */
+void cp__publisher_stop(struct cp_server *cp);
+/** The database came up (recompile: notifications may have been missed) or went down. */
+void cp__publisher_db_state(struct cp_server *cp, bool up);
+/** A new JSON object describing what is published: config version, compile time, and every
+ * connected data-plane worker with the version it serves (for GET /admin/v1/status). */
+struct json_t *cp__publisher_status(struct cp_server *cp);
+
+/* ---- api.c ------------------------------------------------------------------------------- */
+
+/** Serve one admin request (the http server's on_request). */
+void cp__api_request(struct sy_http_request *req);
