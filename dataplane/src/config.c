@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "sy/buf.h"
@@ -39,6 +40,8 @@ enum opt_kind {
     OPT_U32,        /* uint32_t (or unsigned), a plain decimal number */
     OPT_MS,         /* uint32_t, milliseconds */
     OPT_SIZE,       /* size_t, bytes with an optional k or m suffix (KiB, MiB) */
+    OPT_SOCKET,     /* char *, a Unix socket path that fits in sockaddr_un */
+    OPT_PAIR,       /* char *[2], two values: --encode-table IN OUT */
     OPT_FLAG,       /* no value: --help, --version */
     OPT_MAX,
 };
@@ -50,6 +53,7 @@ struct option_def {
     size_t offset; /* into struct dp_config */
     uint64_t min, max;
     const char *help;
+    bool hidden; /* left out of --help: tools for tests and scripts */
 };
 
 #define OFF(field) offsetof(struct dp_config, field)
@@ -97,6 +101,16 @@ static const struct option_def options[] = {
      "connections per provider origin and worker"},
     {"pool-idle-ms", "SWITCHYARD_POOL_IDLE_MS", OPT_MS, OFF(pool_idle_ms), 1, DAY_MS,
      "how long an idle provider connection is kept"},
+    {"control-socket", "SWITCHYARD_SOCKET", OPT_SOCKET, OFF(control_socket), 0, 0,
+     "the control plane's Unix socket: every worker connects, takes the routing tables it "
+     "publishes, and reconnects whenever it goes away; none: the table file only"},
+    {"node-id", "SWITCHYARD_NODE_ID", OPT_STRING, OFF(node_id), 0, 0,
+     "this node's name in the HELLO to the control plane (default: the host name)"},
+    {"snapshot", "SWITCHYARD_SNAPSHOT", OPT_STRING, OFF(snapshot_path), 0, 0,
+     "last-known-good table: worker 0 writes each table from the control plane here (mode "
+     "0600); read at start when --table is not given"},
+    {"encode-table", NULL, OPT_PAIR, OFF(encode_table), 0, 0,
+     "IN OUT: write table file IN as msgpack to OUT and exit", true},
     {"help", NULL, OPT_FLAG, 0, 0, 0, "print this help and exit"},
     {"version", NULL, OPT_FLAG, 0, 0, 0, "print the version and exit"},
 };
@@ -277,6 +291,13 @@ static int apply(struct dp_config *c, const struct option_def *o, const char *so
         if (value[0] == '\0')
             return fail(err, "%s: the value is empty", source);
         break;
+    case OPT_SOCKET:
+        if (value[0] == '\0')
+            return fail(err, "%s: the value is empty", source);
+        if (strlen(value) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            return fail(err, "%s: \"%s\" is longer than a Unix socket path may be (%zu bytes)",
+                        source, value, sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+        break;
     case OPT_U32:
         if (!sy_parse_u64(value, strlen(value), &v) || v < o->min || v > o->max)
             return fail(err, "%s: \"%s\" is not a number between %llu and %llu", source, value,
@@ -297,9 +318,10 @@ static int apply(struct dp_config *c, const struct option_def *o, const char *so
                         source, value, (unsigned long long)o->min, (unsigned long long)o->max);
         *(size_t *)field = (size_t)v;
         return 0;
+    case OPT_PAIR:
     case OPT_FLAG:
     case OPT_MAX:
-        SY_REQUIRE(!"option without a value");
+        SY_REQUIRE(!"option without a single value");
     }
     /* The kinds that break out of the switch keep the text itself. */
     free(*(char **)field);
@@ -315,6 +337,7 @@ static void default_text(const struct dp_config *d, const struct option_def *o, 
     const char *field = (const char *)d + o->offset;
     switch (o->kind) {
     case OPT_STRING:
+    case OPT_SOCKET:
     case OPT_LISTEN:
     case OPT_LOG_LEVEL: {
         const char *s = *(char *const *)field;
@@ -338,6 +361,7 @@ static void default_text(const struct dp_config *d, const struct option_def *o, 
             snprintf(out, size, "%zu", v);
         break;
     }
+    case OPT_PAIR:
     case OPT_FLAG:
     case OPT_MAX:
         out[0] = '\0';
@@ -353,7 +377,10 @@ static const char *value_name(enum opt_kind kind)
     case OPT_LOG_LEVEL:
         return "LEVEL";
     case OPT_STRING:
+    case OPT_SOCKET:
         return "PATH";
+    case OPT_PAIR:
+        return "IN OUT";
     case OPT_U32:
         return "N";
     case OPT_MS:
@@ -384,6 +411,8 @@ static void print_help(FILE *f, const char *prog)
     for (size_t i = 0; i < SY_ARRAY_LEN(options); i++) {
         const struct option_def *o = &options[i];
         char flag[64], def[64];
+        if (o->hidden)
+            continue;
         if (o->kind == OPT_FLAG)
             snprintf(flag, sizeof(flag), "--%s", o->flag);
         else
@@ -465,6 +494,19 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, char **err)
             }
             continue; /* answered above */
         }
+        if (o->kind == OPT_PAIR) {
+            char **pair = (char **)((char *)c + o->offset);
+            if (eq != NULL || i + 2 >= argc) {
+                rc = fail(err, "--%s needs two values: --%s %s", o->flag, o->flag,
+                          value_name(o->kind));
+                goto fail;
+            }
+            for (int k = 0; k < 2; k++) {
+                free(pair[k]);
+                pair[k] = sy_xstrdup(argv[++i]);
+            }
+            continue;
+        }
         if (eq != NULL) {
             value = eq + 1;
         } else if (i + 1 < argc) {
@@ -492,4 +534,9 @@ void dp_config_free(struct dp_config *c)
     SY_FREE(c->table_path);
     SY_FREE(c->port_file);
     SY_FREE(c->log_level);
+    SY_FREE(c->control_socket);
+    SY_FREE(c->node_id);
+    SY_FREE(c->snapshot_path);
+    SY_FREE(c->encode_table[0]);
+    SY_FREE(c->encode_table[1]);
 }

@@ -30,6 +30,10 @@ struct dp_config {
     uint32_t pool_max_idle;     /* --pool-max-idle (64) per origin */
     uint32_t pool_max_conns;    /* --pool-max-conns (1024) per origin */
     uint32_t pool_idle_ms;      /* --pool-idle-ms (60000) */
+    char *control_socket;  /* SWITCHYARD_SOCKET, --control-socket: the control plane's Unix socket */
+    char *node_id;         /* SWITCHYARD_NODE_ID, --node-id: this node in HELLOs (host name) */
+    char *snapshot_path;   /* SWITCHYARD_SNAPSHOT, --snapshot: last-known-good table file */
+    char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */
 };
 
 /** Fill <c> from defaults, then the environment, then <argv>. On a bad value returns -EINVAL
@@ -52,6 +56,10 @@ void dp__addr_format(const struct sockaddr *sa, char *out, size_t size);
  * one that dies, replace them all on SIGHUP, drain them on SIGTERM/SIGINT. Returns the exit
  * status. */
 int dp_master_run(const struct dp_config *c);
+
+/** --encode-table IN OUT: load the table file IN (JSON or msgpack, validated as at start-up)
+ * and write it to OUT as msgpack, mode 0600. Returns the exit status. */
+int dp__encode_table(const char *in, const char *out);
 
 /* ---- worker.c ---------------------------------------------------------------------------- */
 

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,7 +104,8 @@ struct master {
     size_t n_children, cap_children;
     struct pollfd *pfds; /* cap_children entries */
     bool stopping;
-    int status; /* exit status of dp_master_run() */
+    int status;                /* exit status of dp_master_run() */
+    struct stat snapshot_seen; /* the snapshot file as last read, to read it again on change */
 };
 
 /* Set by the signal handler, which runs only inside ppoll() (the signals are blocked
@@ -159,6 +161,45 @@ static void describe_status(int status, char *out, size_t size)
         snprintf(out, size, "ended with wait status %#x", (unsigned)status);
 }
 
+/* ---- the snapshot ----------------------------------------------------------------------- */
+
+static bool same_file_state(const struct stat *a, const struct stat *b)
+{
+    return a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Without --table the workers take their tables from the control plane, and worker 0 writes
+ * each to the snapshot. A worker forked later (a restart, a SIGHUP) should start from that
+ * rather than from what the master read at start-up: take the snapshot when it changed and is
+ * newer. A bad one is only logged: the control plane sends the current table anyway. */
+static void refresh_from_snapshot(struct master *m)
+{
+    const char *path = m->c->snapshot_path;
+    struct sy_table *t = NULL;
+    struct stat st;
+    char *err = NULL;
+
+    if (m->c->table_path != NULL || path == NULL || stat(path, &st) == -1 ||
+        same_file_state(&st, &m->snapshot_seen))
+        return;
+    m->snapshot_seen = st;
+    if (sy_table_load_file(path, &t, &err) != 0) {
+        sy_log(SY_LOG_WARN, "master", "snapshot: %s; new workers keep table version %llu",
+               err ? err : "cannot load the table", (unsigned long long)m->table->version);
+        free(err);
+        return;
+    }
+    if (t->version <= m->table->version) {
+        sy_table_unref(t);
+        return;
+    }
+    sy_log(SY_LOG_INFO, "master", "new workers start with table version %llu from snapshot %s",
+           (unsigned long long)t->version, path);
+    sy_table_unref(m->table);
+    m->table = t;
+}
+
 /* In the child: shed what belongs to the master, then become the worker of <slot>. */
 __attribute__((noreturn)) static void run_worker(struct master *m, unsigned slot, int ready_fd)
 {
@@ -196,6 +237,7 @@ static int spawn(struct master *m, unsigned slot, enum child_role role)
 {
     int pipefd[2] = {-1, -1};
 
+    refresh_from_snapshot(m);
     if (role == CHILD_STARTING && pipe2(pipefd, O_CLOEXEC) == -1) {
         int e = errno;
         sy_log(SY_LOG_ERROR, "master", "worker %u: pipe: %s", slot, strerror(e));
@@ -382,7 +424,8 @@ static void reload(struct master *m)
         sy_log(SY_LOG_INFO, "master", "reload: table version %llu from %s; replacing workers",
                (unsigned long long)t->version, path);
     } else {
-        sy_log(SY_LOG_INFO, "master", "reload: no --table set; replacing workers");
+        sy_log(SY_LOG_INFO, "master", "reload: no --table set; replacing workers%s",
+               m->c->snapshot_path ? " (they start from the snapshot when it is newer)" : "");
     }
 
     uint64_t now = sy_now_ms();
@@ -564,16 +607,35 @@ fail:;
     return -e;
 }
 
-/* The table the workers start with: from --table (a bad one is fatal), or an empty one that
- * routes nothing, so /readyz says not ready until a table arrives. */
+/* The table the workers start with: from --table (a bad one is fatal); else from the
+ * --snapshot the workers wrote last time (static stability: serve the last good table while the
+ * control plane is away; a bad snapshot is only a warning, since the control plane will send
+ * a table); else an empty one that routes nothing, so /readyz says not ready until a table
+ * arrives. */
 static int load_initial_table(struct master *m)
 {
+    const char *snap = m->c->snapshot_path;
     char *err = NULL;
 
+    if (m->c->table_path == NULL && snap != NULL && stat(snap, &m->snapshot_seen) == 0) {
+        if (sy_table_load_file(snap, &m->table, &err) == 0) {
+            sy_log(SY_LOG_INFO, "master",
+                   "no --table set: table version %llu loaded from snapshot %s",
+                   (unsigned long long)m->table->version, snap);
+            return 0;
+        }
+        /* The loader's message names the file. */
+        sy_log(SY_LOG_WARN, "master",
+               "snapshot unusable: %s; starting with an empty table until the control plane "
+               "sends one",
+               err ? err : "cannot load the table");
+        SY_FREE(err);
+    }
     if (m->c->table_path == NULL) {
         m->table = sy_xcalloc(1, sizeof(*m->table));
         atomic_init(&m->table->refs, 1);
-        sy_log(SY_LOG_WARN, "master", "no --table set: starting with an empty routing table");
+        sy_log(SY_LOG_WARN, "master", "no --table set: starting with an empty routing table%s",
+               m->c->control_socket ? " until the control plane sends one" : "");
         return 0;
     }
     if (sy_table_load_file(m->c->table_path, &m->table, &err) != 0) {
@@ -638,6 +700,42 @@ static void supervise(struct master *m, const sigset_t *wait_mask)
     }
 }
 
+int dp__encode_table(const char *in, const char *out)
+{
+    struct sy_table *t = NULL;
+    struct sy_buf b = SY_BUF_INIT, tmp = SY_BUF_INIT;
+    char *err = NULL;
+    int fd = -1, status = 1;
+
+    if (sy_table_load_file(in, &t, &err) != 0) {
+        fprintf(stderr, "switchyard-dataplane: --encode-table: %s\n",
+                err ? err : "cannot load the table");
+        goto fail;
+    }
+    sy_table_encode(t, &b);
+    /* Mode 0600 and written aside: the bytes hold the providers' credentials. */
+    sy_buf_printf(&tmp, "%s.tmp.%d", out, (int)getpid());
+    fd = open(tmp.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd == -1 || fchmod(fd, 0600) == -1 || write(fd, b.data, b.len) != (ssize_t)b.len ||
+        close(fd) == -1 || (fd = -1, rename(tmp.data, out) == -1)) {
+        fprintf(stderr, "switchyard-dataplane: --encode-table: %s: %s\n", out, strerror(errno));
+        if (fd != -1)
+            close(fd);
+        unlink(tmp.data);
+        goto fail;
+    }
+    status = 0;
+
+fail:
+    if (b.data)
+        explicit_bzero(b.data, b.len);
+    sy_buf_free(&b);
+    sy_buf_free(&tmp);
+    sy_table_unref(t);
+    free(err);
+    return status;
+}
+
 int dp_master_run(const struct dp_config *c)
 {
     struct master m = {.c = c, .pid = getpid(), .n_slots = c->workers};
@@ -645,6 +743,8 @@ int dp_master_run(const struct dp_config *c)
     struct sigaction old_actions[SY_ARRAY_LEN(handled_signals)];
     sigset_t ours, old_mask, wait_mask;
 
+    if (c->encode_table[0] != NULL)
+        return dp__encode_table(c->encode_table[0], c->encode_table[1]);
     SY_REQUIRE(c->workers >= 1);
     m.slots = sy_xcalloc(m.n_slots, sizeof(*m.slots));
     for (unsigned i = 0; i < m.n_slots; i++)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "rewrite.h"
 #include "worker.h"
@@ -43,6 +44,7 @@ static const struct {
 /** One model call in flight; lives in the request's arena. */
 struct proxy {
     struct sy_http_request *req;
+    const struct sy_key *key; /* the client key, NULL when the table requires none */
     const struct sy_deployment *dep;
     enum endpoint ep;
     bool stream;
@@ -81,15 +83,124 @@ static void method_not_allowed(struct sy_http_request *req, const char *allow)
     sy_http_resp_send(req, 405, "application/json", extra, body, strlen(body));
 }
 
+/* ============================================================================================
+ * Client keys
+ * ========================================================================================== */
+
+/* Characters of a key echoed back in an error: as many as a display prefix ("sk-sy-AbCd"), and
+ * never more than half of what was sent, so a short key is not echoed whole. */
+#define KEY_ECHO_MAX 10
+
+/* The key the client presented: `Authorization: Bearer <key>` or `x-api-key: <key>`. */
+static const char *presented_key(const struct sy_http_request *req, size_t *len)
+{
+    size_t n;
+    const char *v = sy_http_req_header(req, "authorization", &n);
+    if (v && n > 7 && sy_strcaseeq(v, 6, "bearer") && (v[6] == ' ' || v[6] == '\t')) {
+        v += 7;
+        n -= 7;
+        while (n > 0 && (*v == ' ' || *v == '\t')) {
+            v++;
+            n--;
+        }
+        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        if (n > 0) {
+            *len = n;
+            return v;
+        }
+    }
+    v = sy_http_req_header(req, "x-api-key", &n);
+    if (v && n > 0) {
+        *len = n;
+        return v;
+    }
+    return NULL;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Authenticate the request against its table's keys. Returns true with *<out> set (NULL when
+ * the table requires no key) when it may go on; false when it has been answered with a 401.
+ * Never logs or echoes the key: only its display prefix, or the first few characters sent. */
+static bool authenticate(struct sy_http_request *req, const struct sy_key **out)
+{
+    const struct sy_table *t = dp__req_table(req);
+    uint8_t hash[SY_KEY_HASH_LEN];
+    unsigned int hash_len = 0;
+    size_t len;
+
+    *out = NULL;
+    if (!t->require_keys)
+        return true;
+    const char *key = presented_key(req, &len);
+    if (key == NULL) {
+        sy_http_resp_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
+                           "You didn't provide an API key. You need to provide your API key in "
+                           "an Authorization header using Bearer auth (i.e. Authorization: "
+                           "Bearer YOUR_KEY), or in an x-api-key header.");
+        return false;
+    }
+    SY_REQUIRE(EVP_Digest(key, len, hash, &hash_len, EVP_sha256(), NULL) == 1 &&
+               hash_len == SY_KEY_HASH_LEN);
+    const struct sy_key *k = sy_table_find_key(t, hash);
+    if (k && (k->expires_ms == 0 || wall_ms() < k->expires_ms)) {
+        *out = k;
+        return true;
+    }
+    char shown[KEY_ECHO_MAX + 1];
+    if (k && k->prefix) {
+        snprintf(shown, sizeof(shown), "%s", k->prefix);
+    } else {
+        size_t n = SY_MIN(len / 2, (size_t)KEY_ECHO_MAX);
+        for (size_t i = 0; i < n; i++) /* sy_http_resp_error escapes; keep it readable too */
+            shown[i] = key[i] > 0x20 && key[i] < 0x7f ? key[i] : '?';
+        shown[n] = '\0';
+    }
+    sy_http_resp_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
+                       "Incorrect API key provided: %s\u2026%s", shown,
+                       k ? " This key has expired." : "");
+    return false;
+}
+
+/* A key that may not use <model> (borrowed, counted): answer 403 and return false. */
+static bool key_allows(struct sy_http_request *req, const struct sy_key *k, const char *model,
+                       size_t len)
+{
+    if (k == NULL || sy_key_allows_model(k, model, len))
+        return true;
+    sy_http_resp_error(req, 403, "permission_denied", "model_not_allowed", "model",
+                       "This API key is not allowed to use the model `%.*s`.", (int)len, model);
+    return false;
+}
+
+/* ============================================================================================
+ * Models and probes
+ * ========================================================================================== */
+
 static void handle_models(struct sy_http_request *req)
 {
     const struct sy_table *t = dp__req_table(req);
+    const struct sy_key *key;
     struct sy_buf b = SY_BUF_INIT;
     long long created = (long long)(t->created_ms / 1000);
+    bool first = true;
+
+    if (!authenticate(req, &key))
+        return;
     sy_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
     for (uint32_t i = 0; i < t->n_models; i++) {
-        if (i)
+        const char *name = t->models[i].name;
+        if (key && !sy_key_allows_model(key, name, strlen(name)))
+            continue; /* a key sees only what it may use */
+        if (!first)
             sy_buf_puts(&b, ",");
+        first = false;
         sy_buf_puts(&b, "{\"id\":");
         sy_buf_json_str(&b, t->models[i].name, strlen(t->models[i].name));
         sy_buf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"switchyard\"}",
@@ -421,6 +532,9 @@ static const struct sy_deployment *pick_target(struct sy_http_request *req, cons
 
 static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
 {
+    const struct sy_key *key;
+    if (!authenticate(req, &key))
+        return;
     if (req->method != HTTP_POST) {
         method_not_allowed(req, "POST");
         return;
@@ -473,6 +587,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                       "'stream_options' must be an object.");
         return;
     }
+    if (!key_allows(req, key, json_string_value(jmodel), json_string_length(jmodel))) {
+        json_decref(root);
+        return;
+    }
     const struct sy_model *m =
         sy_table_find_model(dp__req_table(req), json_string_value(jmodel), json_string_length(jmodel));
     if (!m) {
@@ -501,6 +619,7 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     struct proxy *p = sy_arena_alloc(&req->arena, sizeof(*p));
     memset(p, 0, sizeof(*p));
     p->req = req;
+    p->key = key;
     p->dep = d;
     p->ep = ep;
     p->stream = stream;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpclient.h"
 #include "worker.h"
 #include "sy/log.h"
 #include "sy/table.h"
@@ -22,6 +23,8 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 /* Everything is closed or about to be: let the loop run out. */
 static void worker_finish(struct dp_worker *w)
 {
+    dp_cpclient_close(w->cp);
+    w->cp = NULL;
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->sig_term))
@@ -47,6 +50,15 @@ static void on_request(struct sy_http_request *req)
     /* A table swapped in while this request runs does not change it. */
     req->ctx = sy_table_ref(w->table);
     dp__handle_request(req);
+}
+
+void dp__worker_set_table(struct dp_worker *w, struct sy_table *t)
+{
+    struct sy_table *old = w->table;
+    w->table = t;
+    sy_log(SY_LOG_INFO, "worker", "worker %u: table version %llu -> %llu", w->index,
+           (unsigned long long)old->version, (unsigned long long)t->version);
+    sy_table_unref(old); /* requests in flight hold their own references */
 }
 
 static void on_request_done(struct sy_http_request *req)
@@ -81,6 +93,9 @@ static void begin_drain(struct dp_worker *w)
     }
     w->draining = true;
     sy_log(SY_LOG_INFO, "worker", "draining: %u connections open", w->http.n_conns);
+    /* A draining worker takes no new table, and the connection must not keep it alive. */
+    dp_cpclient_close(w->cp);
+    w->cp = NULL;
     sy_http_server_drain(&w->http);
     w->drain_deadline_ms = sy_now_ms() + w->cfg->drain_timeout_ms;
     uint32_t idle = SY_MIN(w->cfg->drain_idle_ms, w->cfg->drain_timeout_ms);
@@ -144,6 +159,8 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
     }
     sy_log(SY_LOG_INFO, "worker", "worker %u serving, table version %llu", index,
            (unsigned long long)table->version);
+    if (c->control_socket != NULL)
+        w->cp = dp_cpclient_start(w);
     if (ready_fd >= 0) {
         char one = 1;
         ssize_t n = write(ready_fd, &one, 1);

@@ -12,6 +12,7 @@
 #include "sy/table-t.h"
 
 struct dp_upstream_ctx;
+struct dp_cpclient;
 
 /** A worker: one libuv loop, one HTTP server on the inherited listener, its routing table. */
 struct dp_worker {
@@ -26,6 +27,7 @@ struct dp_worker {
     uint64_t drain_deadline_ms;
     bool draining;
     uint64_t rr; /* round-robin counter for target choice */
+    struct dp_cpclient *cp; /* control-plane client (cpclient.c), NULL without --control-socket */
 };
 
 /** The worker a request arrived on. */
@@ -39,6 +41,10 @@ static inline const struct sy_table *dp__req_table(const struct sy_http_request 
 {
     return req->ctx;
 }
+
+/** Make <t> (takes the reference) the table new requests begin on; the old one is freed when
+ * the last request holding it ends. */
+void dp__worker_set_table(struct dp_worker *w, struct sy_table *t);
 
 /** Handle a complete request (proxy.c). Must end it with sy_http_resp_end/abort/send/error, or
  * be told through on_abort that the client left. */

@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 /** Set *<err> (when <err> is not NULL) to a new printf-formatted message the caller frees, and
  * return <rc>. Aborts on allocation failure, as sy_buf does: messages are small. */
@@ -11,3 +12,12 @@ int sy__proto_fail(char **err, int rc, const char *fmt, ...) __attribute__((form
 
 /** Whether <c> may appear in an HTTP field name (RFC 9110 "tchar"). */
 bool sy__is_tchar(unsigned char c);
+
+/** Deepest msgpack nesting a table or a socket message may have. */
+#define SY__MSGPACK_MAX_DEPTH 24
+
+/** Check, before msgpack-c sees them, that <data>/<len> holds exactly one well-formed msgpack
+ * item with every declared size inside the input (so that a hostile length cannot make the
+ * unpacker allocate) nested at most SY__MSGPACK_MAX_DEPTH deep. <what> names the item in the
+ * messages ("table", "message"). Returns 0 or -EINVAL with *<err> set. */
+int sy__msgpack_prescan(const char *data, size_t len, const char *what, char **err);

@@ -13,6 +13,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@
 
 /* Deeper nesting than this is refused before msgpack-c sees it (its own limit is 32). A table
  * needs 4 levels; the rest is room for fields added later. */
-#define MAX_DEPTH 24
+#define MAX_DEPTH SY__MSGPACK_MAX_DEPTH
 
 static const char *const format_names[SY_FORMAT_MAX] = {
     [SY_FORMAT_OPENAI] = "openai",
@@ -135,9 +136,7 @@ static int item_header(const unsigned char *p, size_t avail, size_t *hdr, uint64
     return 0;
 }
 
-/* Check that <data>/<len> holds exactly one well-formed item, with every declared size inside
- * the input, nested at most MAX_DEPTH deep. */
-static int prescan(const char *data, size_t len, char **err)
+int sy__msgpack_prescan(const char *data, size_t len, const char *what, char **err)
 {
     const unsigned char *p = (const unsigned char *)data, *end = p + len;
     uint64_t left[MAX_DEPTH + 1]; /* items still to read at each open level */
@@ -150,12 +149,12 @@ static int prescan(const char *data, size_t len, char **err)
         uint64_t payload, children;
 
         if (p == end)
-            return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the table)");
+            return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the %s)", what);
         if (item_header(p, (size_t)(end - p), &hdr, &payload, &children) < 0)
             return sy__proto_fail(err, -EINVAL, "invalid msgpack byte 0x%02x at offset %zu", *p,
                                   (size_t)(p - (const unsigned char *)data));
         if (hdr > (size_t)(end - p) || payload > (uint64_t)(end - p) - hdr)
-            return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the table)");
+            return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the %s)", what);
         p += hdr + payload;
         left[depth]--;
         pending--;
@@ -165,15 +164,15 @@ static int prescan(const char *data, size_t len, char **err)
                                       MAX_DEPTH);
             pending += children;
             if (pending > (uint64_t)(end - p))
-                return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the table)");
+                return sy__proto_fail(err, -EINVAL, "truncated msgpack (ends inside the %s)", what);
             left[++depth] = children;
         }
         while (depth >= 0 && left[depth] == 0)
             depth--;
     }
     if (p != end)
-        return sy__proto_fail(err, -EINVAL, "%zu unexpected bytes after the table",
-                              (size_t)(end - p));
+        return sy__proto_fail(err, -EINVAL, "%zu unexpected bytes after the %s", (size_t)(end - p),
+                              what);
     return 0;
 }
 
@@ -340,6 +339,61 @@ static int get_i64(struct dec *d, const msgpack_object *v, int64_t *out)
     return 0;
 }
 
+/* A number of currency units: an integer or a float, finite and not negative. */
+static int get_price(struct dec *d, const msgpack_object *v, double *out)
+{
+    double x;
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        x = (double)v->via.u64;
+    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        return fail(d, -EINVAL, "must not be negative");
+    else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
+        x = v->via.f64;
+    else
+        return fail(d, -EINVAL, "expected a number, got %s", type_name(v));
+    if (!isfinite(x))
+        return fail(d, -EINVAL, "must be a finite number");
+    if (x < 0)
+        return fail(d, -EINVAL, "must not be negative");
+    *out = x;
+    return 0;
+}
+
+static int hex_digit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* A SHA-256 written as 64 lowercase hex digits: one spelling only, so that two entries for
+ * one key cannot hide from the duplicate check. */
+static int get_hash(struct dec *d, const msgpack_object *v, uint8_t *out)
+{
+    if (v->type != MSGPACK_OBJECT_STR)
+        return fail(d, -EINVAL, "expected a string, got %s", type_name(v));
+    if (v->via.str.size != 2 * SY_KEY_HASH_LEN)
+        return fail(d, -EINVAL,
+                    "must be %d lowercase hex digits (the SHA-256 of the key), got %" PRIu32
+                    " characters",
+                    2 * SY_KEY_HASH_LEN, v->via.str.size);
+    for (uint32_t i = 0; i < v->via.str.size; i++) {
+        unsigned char c = (unsigned char)v->via.str.ptr[i];
+        if (hex_digit(c) < 0) {
+            if (c >= 0x20 && c < 0x7f)
+                return fail(d, -EINVAL, "must be lowercase hex digits: '%c' at byte %" PRIu32, c,
+                            i);
+            return fail(d, -EINVAL, "must be lowercase hex digits: 0x%02x at byte %" PRIu32, c, i);
+        }
+    }
+    for (uint32_t i = 0; i < SY_KEY_HASH_LEN; i++)
+        out[i] = (uint8_t)(hex_digit((unsigned char)v->via.str.ptr[2 * i]) << 4 |
+                           hex_digit((unsigned char)v->via.str.ptr[2 * i + 1]));
+    return 0;
+}
+
 static int get_enum(struct dec *d, const msgpack_object *v, const char *const *names, int n,
                     int *out)
 {
@@ -369,11 +423,16 @@ enum field_kind {
     FIELD_U64,
     FIELD_I64,
     FIELD_BOOL,
-    FIELD_FORMAT,   /* enum sy_format */
-    FIELD_AUTH,     /* enum sy_auth_style */
-    FIELD_HEADERS,  /* struct sy_deployment's headers/n_headers */
-    FIELD_TIMEOUTS, /* struct sy_timeouts, a nested map */
-    FIELD_TARGETS,  /* struct sy_model's targets, resolved against the deployments */
+    FIELD_FORMAT,      /* enum sy_format */
+    FIELD_AUTH,        /* enum sy_auth_style */
+    FIELD_HEADERS,     /* struct sy_deployment's headers/n_headers */
+    FIELD_TIMEOUTS,    /* struct sy_timeouts, a nested map */
+    FIELD_TARGETS,     /* struct sy_model's targets, resolved against the deployments */
+    FIELD_PRICE_VALUE, /* double: currency units per million tokens */
+    FIELD_LIMITS,      /* struct sy_limits, a nested map */
+    FIELD_PRICE,       /* struct sy_price, a nested map */
+    FIELD_HASH,        /* struct sy_key's hash: 64 lowercase hex digits */
+    FIELD_MODEL_LIST,  /* struct sy_key's models/n_models: array of strings, NULL when absent */
     FIELD_MAX,
 };
 
@@ -401,6 +460,8 @@ static const struct field deployment_fields[] = {
     DEP_FIELD("ca_file", FIELD_STR, origin.ca_file),
     DEP_FIELD("insecure", FIELD_BOOL, origin.insecure),
     DEP_FIELD("timeouts", FIELD_TIMEOUTS, timeouts),
+    DEP_FIELD("limits", FIELD_LIMITS, limits),
+    DEP_FIELD("price", FIELD_PRICE, price),
     DEP_FIELD("weight", FIELD_U32, weight),
     DEP_FIELD("slot", FIELD_U32, slot),
     DEP_FIELD("enabled", FIELD_BOOL, enabled),
@@ -415,6 +476,36 @@ static const struct field timeout_fields[] = {
     TIMEOUT_FIELD(first_byte_ms),
     TIMEOUT_FIELD(idle_ms),
     TIMEOUT_FIELD(total_ms),
+};
+
+static const struct field limit_fields[] = {
+    {"rpm", FIELD_U32, offsetof(struct sy_limits, rpm)},
+    {"tpm", FIELD_U32, offsetof(struct sy_limits, tpm)},
+    {"max_concurrency", FIELD_U32, offsetof(struct sy_limits, max_concurrency)},
+};
+
+static const struct field price_fields[] = {
+    {"input", FIELD_PRICE_VALUE, offsetof(struct sy_price, input)},
+    {"output", FIELD_PRICE_VALUE, offsetof(struct sy_price, output)},
+};
+
+#define KEY_FIELD(key, kind, member)                                                               \
+    {                                                                                              \
+        key, kind, offsetof(struct sy_key, member)                                                 \
+    }
+static const struct field key_fields[] = {
+    KEY_FIELD("hash", FIELD_HASH, hash),
+    KEY_FIELD("id", FIELD_U64, id),
+    KEY_FIELD("name", FIELD_STR, name),
+    KEY_FIELD("prefix", FIELD_STR, prefix),
+    KEY_FIELD("agent", FIELD_STR, agent),
+    KEY_FIELD("user", FIELD_STR, user),
+    KEY_FIELD("tier", FIELD_STR, tier),
+    KEY_FIELD("models", FIELD_MODEL_LIST, models),
+    KEY_FIELD("expires_ms", FIELD_I64, expires_ms),
+    KEY_FIELD("slot", FIELD_U32, slot),
+    KEY_FIELD("rpm", FIELD_U32, rpm),
+    KEY_FIELD("tpm", FIELD_U32, tpm),
 };
 
 static const struct field model_fields[] = {
@@ -479,6 +570,35 @@ static int decode_headers(struct dec *d, const msgpack_object *v, struct sy_depl
             return oom(d);
         path_pop(d, mark);
     }
+    return 0;
+}
+
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A key's models: names of public models, which need not exist yet (a model may be added
+ * after the key), but must be non-empty strings. Kept sorted for sy_key_allows_model(). */
+static int decode_model_list(struct dec *d, const msgpack_object *v, struct sy_key *k)
+{
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    uint32_t n = v->via.array.size;
+    k->models = calloc(n ? n : 1, sizeof(*k->models));
+    if (k->models == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++) {
+        size_t mark = path_index(d, i);
+        int rc = get_str(d, &v->via.array.ptr[i], &k->models[i]);
+        if (rc < 0)
+            return rc;
+        k->n_models++; /* counted now so that a failure below frees it */
+        if (k->models[i][0] == '\0')
+            return fail(d, -EINVAL, "must not be empty");
+        path_pop(d, mark);
+    }
+    qsort(k->models, n, sizeof(*k->models), cmp_str_ptr);
     return 0;
 }
 
@@ -613,6 +733,16 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
         struct sy_model *m = SY_CONTAINER_OF(p, struct sy_model, targets);
         return decode_targets(td, v, m, (uint32_t)(m - td->t->models));
     }
+    case FIELD_PRICE_VALUE:
+        return get_price(d, v, p);
+    case FIELD_LIMITS:
+        return decode_fields(td, v, limit_fields, SY_ARRAY_LEN(limit_fields), p);
+    case FIELD_PRICE:
+        return decode_fields(td, v, price_fields, SY_ARRAY_LEN(price_fields), p);
+    case FIELD_HASH:
+        return get_hash(d, v, p);
+    case FIELD_MODEL_LIST:
+        return decode_model_list(d, v, SY_CONTAINER_OF(p, struct sy_key, models));
     case FIELD_MAX:
         break;
     }
@@ -830,6 +960,18 @@ static void deployment_free(struct sy_deployment *dep)
     sy_origin_free(&dep->origin);
 }
 
+static void key_free(struct sy_key *k)
+{
+    free(k->name);
+    free(k->prefix);
+    free(k->agent);
+    free(k->user);
+    free(k->tier);
+    for (uint32_t i = 0; i < k->n_models; i++)
+        free(k->models[i]);
+    free(k->models);
+}
+
 static void table_free(struct sy_table *t)
 {
     for (uint32_t i = 0; i < t->n_deployments; i++)
@@ -840,6 +982,9 @@ static void table_free(struct sy_table *t)
         free(t->models[i].targets);
     }
     free(t->models);
+    for (uint32_t i = 0; i < t->n_keys; i++)
+        key_free(&t->keys[i]);
+    free(t->keys);
     free(t);
 }
 
@@ -944,6 +1089,79 @@ static int decode_models(struct table_dec *td, const msgpack_object *v)
     return 0;
 }
 
+/* qsort_r context: the keys, indexed like the array of indices being sorted. */
+static int cmp_by_hash(const void *a, const void *b, void *ctx)
+{
+    const struct sy_key *keys = ctx;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = memcmp(keys[x].hash, keys[y].hash, SY_KEY_HASH_LEN);
+    return c ? c : (x > y) - (x < y);
+}
+
+static int decode_keys(struct table_dec *td, const msgpack_object *v)
+{
+    struct dec *d = &td->d;
+    struct sy_table *t = td->t;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    uint32_t n = v->via.array.size;
+    t->keys = calloc(n ? n : 1, sizeof(*t->keys));
+    if (t->keys == NULL)
+        return oom(d);
+    t->n_keys = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i], *hash;
+        struct sy_key *k = &t->keys[i];
+        size_t mark = path_index(d, i);
+        k->slot = i;
+        if ((rc = decode_fields(td, e, key_fields, SY_ARRAY_LEN(key_fields), k)) < 0)
+            return rc;
+        if ((rc = map_get(d, e, "hash", &hash)) < 0)
+            return rc;
+        if (hash == NULL)
+            return missing(d, "hash", "");
+        if (k->expires_ms < 0) {
+            path_key(d, "expires_ms");
+            return fail(d, -EINVAL, "must not be negative (0 = never expires)");
+        }
+        path_pop(d, mark);
+    }
+
+    /* Lay the keys out in hash order, for sy_table_find_key(); a hash given twice would make
+     * which entry a key gets depend on the sort. */
+    uint32_t *order = malloc(sizeof(*order) * (n ? n : 1));
+    struct sy_key *sorted = malloc(sizeof(*sorted) * (n ? n : 1));
+    if (order == NULL || sorted == NULL) {
+        free(order);
+        free(sorted);
+        return oom(d);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        order[i] = i;
+    qsort_r(order, n, sizeof(*order), cmp_by_hash, t->keys);
+    rc = 0;
+    for (uint32_t i = 1; i < n && rc == 0; i++)
+        if (memcmp(t->keys[order[i - 1]].hash, t->keys[order[i]].hash, SY_KEY_HASH_LEN) == 0)
+            rc = sy__proto_fail(d->err, -EINVAL,
+                                "keys[%" PRIu32 "].hash: duplicate (also keys[%" PRIu32 "])",
+                                SY_MAX(order[i - 1], order[i]), SY_MIN(order[i - 1], order[i]));
+    if (rc == 0)
+        rc = check_slots(d, t->keys, sizeof(*t->keys), offsetof(struct sy_key, slot), n, "keys");
+    if (rc < 0) {
+        free(order);
+        free(sorted);
+        return rc;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        sorted[i] = t->keys[order[i]];
+    free(t->keys);
+    t->keys = sorted;
+    free(order);
+    return 0;
+}
+
 static int decode_table(struct table_dec *td, const msgpack_object *root)
 {
     struct dec *d = &td->d;
@@ -1000,6 +1218,21 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     if (v && (rc = decode_models(td, v)) < 0)
         return rc;
     path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "require_keys", &v)) < 0)
+        return rc;
+    mark = path_key(d, "require_keys");
+    if (v && v->type != MSGPACK_OBJECT_BOOLEAN)
+        return fail(d, -EINVAL, "expected true or false, got %s", type_name(v));
+    td->t->require_keys = v && v->via.boolean;
+    path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "keys", &v)) < 0)
+        return rc;
+    mark = path_key(d, "keys");
+    if (v && (rc = decode_keys(td, v)) < 0)
+        return rc;
+    path_pop(d, mark);
     return 0;
 }
 
@@ -1015,7 +1248,7 @@ int sy_table_decode(const char *data, size_t len, struct sy_table **out, char **
         *err = NULL;
     if (len == 0)
         return sy__proto_fail(err, -EINVAL, "empty table");
-    if ((rc = prescan(data, len, err)) < 0)
+    if ((rc = sy__msgpack_prescan(data, len, "table", err)) < 0)
         return rc;
 
     msgpack_unpacked_init(&up);
@@ -1121,24 +1354,60 @@ static void pack_field(msgpack_packer *pk, const struct sy_table *t, const struc
         }
         return;
     }
+    case FIELD_PRICE_VALUE:
+        msgpack_pack_double(pk, *(const double *)p);
+        return;
+    case FIELD_LIMITS:
+        pack_fields(pk, t, limit_fields, SY_ARRAY_LEN(limit_fields), p);
+        return;
+    case FIELD_PRICE:
+        pack_fields(pk, t, price_fields, SY_ARRAY_LEN(price_fields), p);
+        return;
+    case FIELD_HASH: {
+        static const char hex[] = "0123456789abcdef";
+        char text[2 * SY_KEY_HASH_LEN];
+        for (size_t i = 0; i < SY_KEY_HASH_LEN; i++) {
+            text[2 * i] = hex[((const uint8_t *)p)[i] >> 4];
+            text[2 * i + 1] = hex[((const uint8_t *)p)[i] & 15];
+        }
+        msgpack_pack_str_with_body(pk, text, sizeof(text));
+        return;
+    }
+    case FIELD_MODEL_LIST: {
+        const struct sy_key *k = SY_CONTAINER_OF(p, struct sy_key, models);
+        msgpack_pack_array(pk, k->n_models);
+        for (uint32_t i = 0; i < k->n_models; i++)
+            pack_cstr(pk, k->models[i]);
+        return;
+    }
     case FIELD_MAX:
         break;
     }
     SY_REQUIRE(0);
 }
 
-/* A map of the fields of <base>; absent strings (NULL) are left out. */
+/* Whether field <f> at <p> is absent: a NULL string or list, which the encoder leaves out. */
+static bool field_absent(const struct field *f, const void *p)
+{
+    if (f->kind == FIELD_STR)
+        return *(char *const *)p == NULL;
+    if (f->kind == FIELD_MODEL_LIST)
+        return *(char **const *)p == NULL;
+    return false;
+}
+
+/* A map of the fields of <base>; absent strings and lists (NULL) are left out. */
 static void pack_fields(msgpack_packer *pk, const struct sy_table *t, const struct field *fields,
                         size_t n_fields, const void *base)
 {
     size_t n = 0;
     for (size_t i = 0; i < n_fields; i++)
-        if (fields[i].kind != FIELD_STR || *(char *const *)((const char *)base + fields[i].off))
+        if (!field_absent(&fields[i], (const char *)base + fields[i].off))
             n++;
     msgpack_pack_map(pk, n);
     for (size_t i = 0; i < n_fields; i++) {
         const void *p = (const char *)base + fields[i].off;
-        if (fields[i].kind == FIELD_STR && *(char *const *)p == NULL)
+        if (field_absent(&fields[i], p))
             continue;
         pack_cstr(pk, fields[i].key);
         pack_field(pk, t, &fields[i], p);
@@ -1150,7 +1419,7 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 5);
+    msgpack_pack_map(&pk, 7);
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -1165,6 +1434,15 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_pack_array(&pk, t->n_models);
     for (uint32_t i = 0; i < t->n_models; i++)
         pack_fields(&pk, t, model_fields, SY_ARRAY_LEN(model_fields), &t->models[i]);
+    pack_cstr(&pk, "require_keys");
+    if (t->require_keys)
+        msgpack_pack_true(&pk);
+    else
+        msgpack_pack_false(&pk);
+    pack_cstr(&pk, "keys");
+    msgpack_pack_array(&pk, t->n_keys);
+    for (uint32_t i = 0; i < t->n_keys; i++)
+        pack_fields(&pk, t, key_fields, SY_ARRAY_LEN(key_fields), &t->keys[i]);
     return 0;
 }
 
@@ -1196,6 +1474,41 @@ const struct sy_model *sy_table_find_model(const struct sy_table *t, const char 
             lo = mid + 1;
     }
     return NULL;
+}
+
+const struct sy_key *sy_table_find_key(const struct sy_table *t,
+                                       const uint8_t hash[SY_KEY_HASH_LEN])
+{
+    size_t lo = 0, hi = t->n_keys;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = memcmp(hash, t->keys[mid].hash, SY_KEY_HASH_LEN);
+        if (c == 0)
+            return &t->keys[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+bool sy_key_allows_model(const struct sy_key *k, const char *model, size_t len)
+{
+    if (k->models == NULL)
+        return true;
+    size_t lo = 0, hi = k->n_models;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = cmp_counted(model, len, k->models[mid]);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return false;
 }
 
 void sy_table_unref(struct sy_table *t)

@@ -153,6 +153,29 @@ static void assert_tables_equal(const struct sy_table *a, const struct sy_table 
         assert_int_equal(x->weight, y->weight);
         assert_int_equal(x->slot, y->slot);
         assert_int_equal(x->enabled, y->enabled);
+        assert_memory_equal(&x->limits, &y->limits, sizeof(x->limits));
+        assert_true(x->price.input == y->price.input);
+        assert_true(x->price.output == y->price.output);
+    }
+    assert_int_equal(a->require_keys, b->require_keys);
+    assert_int_equal(a->n_keys, b->n_keys);
+    for (uint32_t i = 0; i < a->n_keys; i++) {
+        const struct sy_key *x = &a->keys[i], *y = &b->keys[i];
+        assert_memory_equal(x->hash, y->hash, SY_KEY_HASH_LEN);
+        assert_int_equal(x->id, y->id);
+        assert_str_or_null_equal(x->name, y->name);
+        assert_str_or_null_equal(x->prefix, y->prefix);
+        assert_str_or_null_equal(x->agent, y->agent);
+        assert_str_or_null_equal(x->user, y->user);
+        assert_str_or_null_equal(x->tier, y->tier);
+        assert_int_equal(x->models == NULL, y->models == NULL);
+        assert_int_equal(x->n_models, y->n_models);
+        for (uint32_t j = 0; j < x->n_models; j++)
+            assert_string_equal(x->models[j], y->models[j]);
+        assert_int_equal(x->expires_ms, y->expires_ms);
+        assert_int_equal(x->slot, y->slot);
+        assert_int_equal(x->rpm, y->rpm);
+        assert_int_equal(x->tpm, y->tpm);
     }
     assert_int_equal(a->n_models, b->n_models);
     for (uint32_t i = 0; i < a->n_models; i++) {
@@ -829,6 +852,208 @@ static void test_garbage_rejected(void **state)
     sy_table_unref(src);
 }
 
+/* ---- client keys, limits and prices ------------------------------------------------------- */
+
+#define H64(c) c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c /* 64 of <c> */
+#define HASH_A H64("a1")
+#define HASH_0 H64("00")
+#define HASH_F H64("ff")
+
+/* A table with keys, limits and prices, in the JSON form. */
+/* clang-format off */
+static const char keys_table[] =
+    "{'version':8,'require_keys':true,"
+    "'deployments':[" DEP("a", ",'limits':{'rpm':600,'tpm':100000,'max_concurrency':20},"
+                               "'price':{'input':2.5,'output':10}") "," DEP("b", "") "],"
+    "'models':[{'name':'gpt','targets':[{'deployment':'a'}]},"
+    "{'name':'cheap','targets':[{'deployment':'b'}]}],"
+    "'keys':["
+    "{'hash':'" HASH_A "','id':17,'name':'ci bot','prefix':'sk-sy-AbCd','agent':'ci',"
+    "'user':'ana','tier':'gold','models':['gpt','later-model'],'expires_ms':1900000000000,"
+    "'rpm':60,'tpm':50000,'comment':'ignored'},"
+    "{'hash':'" HASH_F "','id':18},"
+    "{'hash':'" HASH_0 "','id':19,'models':[],'slot':7}]}";
+/* clang-format on */
+
+static void test_keys_limits_and_prices(void **state)
+{
+    struct sy_table *t = from_json_ok(keys_table);
+    uint8_t h[SY_KEY_HASH_LEN];
+
+    assert_true(t->require_keys);
+    const struct sy_deployment *d = find_dep(t, "a");
+    assert_int_equal(d->limits.rpm, 600);
+    assert_int_equal(d->limits.tpm, 100000);
+    assert_int_equal(d->limits.max_concurrency, 20);
+    assert_true(d->price.input == 2.5);
+    assert_true(d->price.output == 10.0); /* an integer is a price too */
+    /* defaults: no limits, no price */
+    d = find_dep(t, "b");
+    assert_int_equal(d->limits.rpm, 0);
+    assert_int_equal(d->limits.tpm, 0);
+    assert_int_equal(d->limits.max_concurrency, 0);
+    assert_true(d->price.input == 0 && d->price.output == 0);
+
+    /* keys are sorted by hash */
+    assert_int_equal(t->n_keys, 3);
+    assert_int_equal(t->keys[0].id, 19);
+    assert_int_equal(t->keys[1].id, 17);
+    assert_int_equal(t->keys[2].id, 18);
+
+    memset(h, 0xa1, sizeof(h));
+    const struct sy_key *k = sy_table_find_key(t, h);
+    assert_non_null(k);
+    assert_int_equal(k->id, 17);
+    assert_string_equal(k->name, "ci bot");
+    assert_string_equal(k->prefix, "sk-sy-AbCd");
+    assert_string_equal(k->agent, "ci");
+    assert_string_equal(k->user, "ana");
+    assert_string_equal(k->tier, "gold");
+    assert_int_equal(k->expires_ms, 1900000000000);
+    assert_int_equal(k->rpm, 60);
+    assert_int_equal(k->tpm, 50000);
+    assert_int_equal(k->slot, 0); /* its index in the list given */
+    assert_int_equal(k->n_models, 2);
+    assert_true(sy_key_allows_model(k, "gpt", 3));
+    assert_true(sy_key_allows_model(k, "later-model", 11)); /* need not exist yet */
+    assert_false(sy_key_allows_model(k, "cheap", 5));
+    assert_false(sy_key_allows_model(k, "gp", 2));
+    assert_false(sy_key_allows_model(k, "GPT", 3));
+    assert_true(sy_key_allows_model(k, "gpt\",", 3)); /* counted, no NUL needed */
+
+    memset(h, 0xff, sizeof(h));
+    k = sy_table_find_key(t, h);
+    assert_non_null(k);
+    assert_null(k->models); /* absent: every model */
+    assert_null(k->name);
+    assert_int_equal(k->expires_ms, 0);
+    assert_int_equal(k->slot, 1);
+    assert_true(sy_key_allows_model(k, "anything", 8));
+
+    memset(h, 0, sizeof(h));
+    k = sy_table_find_key(t, h);
+    assert_non_null(k);
+    assert_non_null(k->models); /* empty: no model at all */
+    assert_int_equal(k->n_models, 0);
+    assert_false(sy_key_allows_model(k, "gpt", 3));
+    assert_int_equal(k->slot, 7);
+
+    memset(h, 0xa1, sizeof(h));
+    h[31] = 0xa2;
+    assert_null(sy_table_find_key(t, h));
+    memset(h, 0x01, sizeof(h));
+    assert_null(sy_table_find_key(t, h));
+
+    /* round trip: equal, and the encoding is stable */
+    struct sy_buf m1 = SY_BUF_INIT, m2 = SY_BUF_INIT;
+    struct sy_table *back = NULL;
+    char *err = NULL;
+    encode(t, &m1);
+    assert_int_equal(sy_table_decode(m1.data, m1.len, &back, &err), 0);
+    assert_tables_equal(t, back);
+    encode(back, &m2);
+    assert_int_equal(m1.len, m2.len);
+    assert_memory_equal(m1.data, m2.data, m1.len);
+    sy_table_unref(back);
+
+    /* defaults: no keys, keys not required, and they survive the trip too */
+    sy_table_unref(t);
+    t = load_ok("good-minimal.json");
+    assert_false(t->require_keys);
+    assert_int_equal(t->n_keys, 0);
+    assert_null(sy_table_find_key(t, h));
+    encode(t, &m1);
+    assert_int_equal(sy_table_decode(m1.data, m1.len, &back, &err), 0);
+    assert_tables_equal(t, back);
+    sy_table_unref(back);
+    sy_table_unref(t);
+    sy_buf_free(&m1);
+    sy_buf_free(&m2);
+}
+
+static void test_keys_limits_and_prices_validation(void **state)
+{
+    static const struct {
+        const char *json;
+        const char *err;
+    } cases[] = {
+        {"{'require_keys':1}", "require_keys: expected true or false, got integer"},
+        {"{'keys':{}}", "keys: expected an array, got map"},
+        {"{'keys':['x']}", "keys[0]: expected a map, got string"},
+        {"{'keys':[{'id':1}]}", "keys[0].hash: missing"},
+        {"{'keys':[{'hash':null}]}", "keys[0].hash: missing"},
+        {"{'keys':[{'hash':7}]}", "keys[0].hash: expected a string, got integer"},
+        {"{'keys':[{'hash':'abc'}]}",
+         "keys[0].hash: must be 64 lowercase hex digits (the SHA-256 of the key), got 3 "
+         "characters"},
+        {"{'keys':[{'hash':'" H64("A1") "'}]}",
+         "keys[0].hash: must be lowercase hex digits: 'A' at byte 0"},
+        {"{'keys':[{'hash':'" H64("0g") "'}]}",
+         "keys[0].hash: must be lowercase hex digits: 'g' at byte 1"},
+        {"{'keys':[{'hash':'" HASH_A "'},{'hash':'" HASH_0 "'},{'hash':'" HASH_A "'}]}",
+         "keys[2].hash: duplicate (also keys[0])"},
+        {"{'keys':[{'hash':'" HASH_A "'},{'hash':'" HASH_0 "','slot':0}]}",
+         "keys[1].slot: 0 is already used by keys[0]"},
+        {"{'keys':[{'hash':'" HASH_A "','id':-1}]}", "keys[0].id: must not be negative"},
+        {"{'keys':[{'hash':'" HASH_A "','name':3}]}",
+         "keys[0].name: expected a string, got integer"},
+        {"{'keys':[{'hash':'" HASH_A "','prefix':'sk\\n'}]}",
+         "keys[0].prefix: contains a control character (0x0a) at byte 2"},
+        {"{'keys':[{'hash':'" HASH_A "','models':'gpt'}]}",
+         "keys[0].models: expected an array, got string"},
+        {"{'keys':[{'hash':'" HASH_A "','models':['gpt','']}]}",
+         "keys[0].models[1]: must not be empty"},
+        {"{'keys':[{'hash':'" HASH_A "','models':[1]}]}",
+         "keys[0].models[0]: expected a string, got integer"},
+        {"{'keys':[{'hash':'" HASH_A "','expires_ms':-5}]}",
+         "keys[0].expires_ms: must not be negative (0 = never expires)"},
+        {"{'keys':[{'hash':'" HASH_A "','expires_ms':'soon'}]}",
+         "keys[0].expires_ms: expected an integer, got string"},
+        {"{'keys':[{'hash':'" HASH_A "','rpm':4294967296}]}",
+         "keys[0].rpm: must be at most 4294967295"},
+        {"{'keys':[{'hash':'" HASH_A "','tpm':-1}]}", "keys[0].tpm: must not be negative"},
+        {ONE_DEP(",'limits':{'rpm':-1}"), "deployments[0].limits.rpm: must not be negative"},
+        {ONE_DEP(",'limits':{'max_concurrency':'8'}"),
+         "deployments[0].limits.max_concurrency: expected an unsigned integer, got string"},
+        {ONE_DEP(",'limits':[]"), "deployments[0].limits: expected a map, got array"},
+        {ONE_DEP(",'price':{'input':-0.5}"), "deployments[0].price.input: must not be negative"},
+        {ONE_DEP(",'price':{'output':-1}"), "deployments[0].price.output: must not be negative"},
+        {ONE_DEP(",'price':{'output':'1.5'}"),
+         "deployments[0].price.output: expected a number, got string"},
+        {ONE_DEP(",'price':3"), "deployments[0].price: expected a map, got integer"},
+    };
+
+    for (size_t i = 0; i < SY_ARRAY_LEN(cases); i++)
+        expect_json_error(cases[i].json, cases[i].err);
+
+    /* non-finite prices can only come as msgpack */
+    struct sy_buf b = SY_BUF_INIT;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, buf_write);
+    msgpack_pack_map(&pk, 3);
+    pack_cstr(&pk, "schema");
+    msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
+    pack_cstr(&pk, "version");
+    msgpack_pack_int(&pk, 1);
+    pack_cstr(&pk, "deployments");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 5);
+    pack_cstr(&pk, "name");
+    pack_cstr(&pk, "a");
+    pack_cstr(&pk, "model");
+    pack_cstr(&pk, "m");
+    pack_cstr(&pk, "base_url");
+    pack_cstr(&pk, "http://h");
+    pack_cstr(&pk, "auth");
+    pack_cstr(&pk, "none");
+    pack_cstr(&pk, "price");
+    msgpack_pack_map(&pk, 1);
+    pack_cstr(&pk, "input");
+    msgpack_pack_double(&pk, 1.0 / 0.0);
+    expect_decode_error(b.data, b.len, "deployments[0].price.input: must be a finite number");
+    sy_buf_free(&b);
+}
+
 /* ---- origins --------------------------------------------------------------------------- */
 
 static void test_origin_parse(void **state)
@@ -1109,6 +1334,8 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_unknown_keys_skipped),
         cmocka_unit_test(test_garbage_rejected),
+        cmocka_unit_test(test_keys_limits_and_prices),
+        cmocka_unit_test(test_keys_limits_and_prices_validation),
         cmocka_unit_test(test_origin_parse),
         cmocka_unit_test(test_origin_tls_settings_in_key),
         cmocka_unit_test(test_find_model),

@@ -52,6 +52,19 @@ struct sy_timeouts {
     uint32_t total_ms;      /* whole exchange */
 };
 
+/** Limits of a deployment, for the whole node; 0 = no limit. */
+struct sy_limits {
+    uint32_t rpm;             /* requests per minute */
+    uint32_t tpm;             /* tokens (prompt + completion) per minute */
+    uint32_t max_concurrency; /* requests in flight at once */
+};
+
+/** Price of a deployment's tokens, in currency units per million tokens; 0 = not priced. */
+struct sy_price {
+    double input;  /* prompt tokens */
+    double output; /* completion tokens */
+};
+
 /** One upstream model on one provider account. */
 struct sy_deployment {
     char *name;
@@ -69,6 +82,8 @@ struct sy_deployment {
     struct sy_header_kv *headers; /* extra headers sent upstream */
     uint32_t n_headers;
     struct sy_timeouts timeouts; /* 0: the data plane's default */
+    struct sy_limits limits;
+    struct sy_price price;
     uint32_t weight;
     uint32_t slot; /* index in the shared-memory counters, assigned by the control plane */
     bool enabled;
@@ -89,6 +104,27 @@ struct sy_model {
     uint32_t slot;
 };
 
+/** Length of a client key's hash: SHA-256. */
+#define SY_KEY_HASH_LEN 32
+
+/** A client key: what a caller presents in `Authorization: Bearer` or `x-api-key`. Only its
+ * SHA-256 is in the table; the key itself is never stored. */
+struct sy_key {
+    uint8_t hash[SY_KEY_HASH_LEN]; /* SHA-256 of the full key */
+    uint64_t id;                   /* the control plane's id, for usage rows and events */
+    char *name;                    /* NULL when not given, like the four below */
+    char *prefix;                  /* display form, "sk-sy-AbCd": safe to show and log */
+    char *agent;
+    char *user;
+    char *tier;    /* for routing rules that pick by tier */
+    char **models; /* public model names the key may use, sorted; NULL = every model */
+    uint32_t n_models;
+    int64_t expires_ms; /* wall-clock milliseconds; 0 = never */
+    uint32_t slot;      /* index in the shared-memory counters */
+    uint32_t rpm;       /* requests per minute; 0 = no limit */
+    uint32_t tpm;       /* tokens per minute; 0 = no limit */
+};
+
 /** A routing table. Immutable once decoded; shared by reference count between a worker and the
  * requests that began on it. */
 struct sy_table {
@@ -99,4 +135,7 @@ struct sy_table {
     uint32_t n_deployments;
     struct sy_model *models; /* sorted by name, for binary search */
     uint32_t n_models;
+    bool require_keys;   /* model endpoints and /v1/models need a client key */
+    struct sy_key *keys; /* sorted by hash, for binary search */
+    uint32_t n_keys;
 };

@@ -2,7 +2,9 @@
 /** Decode, encode, look up and share routing tables. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "sy/buf.h"
 #include "sy/table-t.h"
@@ -42,6 +44,15 @@ void sy_origin_free(struct sy_origin *o);
 /** The public model named <name>/<len> (borrowed, need not be NUL-terminated), or NULL.
  * Binary search: O(log n_models). */
 const struct sy_model *sy_table_find_model(const struct sy_table *t, const char *name, size_t len);
+
+/** The client key whose SHA-256 is <hash> (borrowed, SY_KEY_HASH_LEN bytes), or NULL. Binary
+ * search: O(log n_keys). Expiry is the caller's to check (expires_ms). */
+const struct sy_key *sy_table_find_key(const struct sy_table *t,
+                                       const uint8_t hash[SY_KEY_HASH_LEN]);
+
+/** Whether key <k> may use the public model <model>/<len> (borrowed, need not be
+ * NUL-terminated): true when the key lists no models or lists this one (case-sensitive). */
+bool sy_key_allows_model(const struct sy_key *k, const char *model, size_t len);
 
 /** Take one more reference on <t>. */
 static inline struct sy_table *sy_table_ref(struct sy_table *t)
