@@ -184,8 +184,9 @@ void cp_call_db_failed(struct cp_call *c, const PGresult *res, const char *err)
     const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
     const char *constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
     const char *table = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
+    /* The name being written (a rename's new name) rather than the one in the URL. */
     const char *name = c->name;
-    if (!name && c->body && json_is_string(json_object_get(c->body, "name")))
+    if (c->body && json_is_string(json_object_get(c->body, "name")))
         name = json_string_value(json_object_get(c->body, "name"));
     if (!state)
         state = "";
@@ -314,14 +315,49 @@ void cp_call_doc_result(struct cp_call *c, int status, const PGresult *res)
     cp_call_json_text(c, status, PQgetvalue(res, 0, 0), version);
 }
 
+void cp_json_merge(json_t *doc, json_t *patch, const char *const *deep)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(patch, key, v)
+    {
+        json_t *cur = json_object_get(doc, key);
+        bool merge = false;
+        for (const char *const *d = deep; d && *d && !merge; d++)
+            merge = strcmp(*d, key) == 0;
+        if (merge && json_is_object(cur) && json_is_object(v)) {
+            json_t *copy = json_copy(cur);
+            json_object_update(copy, v);
+            json_object_set_new(doc, key, copy);
+        } else {
+            json_object_set(doc, key, v);
+        }
+    }
+}
+
 /* ============================================================================================
  * Validation
  * ========================================================================================== */
 
+/* Member <key> of <obj>; a key absent as such but written as a path ("limits.rpm") names the
+ * member of a nested object, so that nested fields are validated and reported by their path. */
+static json_t *member(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    const char *dot = strchr(key, '.');
+    if (v || !dot || (size_t)(dot - key) >= 128)
+        return v;
+    char head[128];
+    memcpy(head, key, (size_t)(dot - key));
+    head[dot - key] = '\0';
+    json_t *sub = json_object_get(obj, head);
+    return json_is_object(sub) ? member(sub, dot + 1) : NULL;
+}
+
 bool cp_val_str(struct cp_call *c, json_t *obj, const char *key, bool required, size_t max,
                 const char **out)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v = member(obj, key);
     *out = NULL;
     if (!v || json_is_null(v)) {
         if (required) {
@@ -374,7 +410,7 @@ bool cp_val_name(struct cp_call *c, json_t *obj, const char *key, size_t max, co
 bool cp_val_enum(struct cp_call *c, json_t *obj, const char *key, const char *const *choices,
                  const char *dflt, const char **out)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v = member(obj, key);
     if (!v || json_is_null(v)) {
         *out = dflt;
         if (!dflt) {
@@ -402,7 +438,7 @@ bool cp_val_enum(struct cp_call *c, json_t *obj, const char *key, const char *co
 bool cp_val_int(struct cp_call *c, json_t *obj, const char *key, int64_t min, int64_t max,
                 bool *present, int64_t *out)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v = member(obj, key);
     *present = false;
     if (!v || json_is_null(v))
         return true;
@@ -418,7 +454,7 @@ bool cp_val_int(struct cp_call *c, json_t *obj, const char *key, int64_t min, in
 
 bool cp_val_number(struct cp_call *c, json_t *obj, const char *key, double *out)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v = member(obj, key);
     *out = 0;
     if (!v || json_is_null(v))
         return true;
@@ -432,7 +468,7 @@ bool cp_val_number(struct cp_call *c, json_t *obj, const char *key, double *out)
 
 bool cp_val_bool(struct cp_call *c, json_t *obj, const char *key, bool dflt, bool *out)
 {
-    json_t *v = json_object_get(obj, key);
+    json_t *v = member(obj, key);
     *out = dflt;
     if (!v || json_is_null(v))
         return true;
@@ -441,6 +477,23 @@ bool cp_val_bool(struct cp_call *c, json_t *obj, const char *key, bool dflt, boo
         return false;
     }
     *out = json_is_true(v);
+    return true;
+}
+
+bool cp_val_object(struct cp_call *c, json_t *obj, const char *key, const char *const *allowed,
+                   json_t **out)
+{
+    json_t *v = member(obj, key);
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_object(v)) {
+        cp_call_invalid(c, key, "%s: must be an object", key);
+        return false;
+    }
+    if (allowed && !cp_val_known(c, v, key, allowed))
+        return false;
+    *out = v;
     return true;
 }
 

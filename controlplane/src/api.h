@@ -77,11 +77,17 @@ void cp_call_page_result(struct cp_call *c, const PGresult *res, int limit);
  * (or <status_if_none> when nonzero). */
 void cp_call_doc_result(struct cp_call *c, int status, const PGresult *res);
 
+/** PATCH: merge the members of <patch> (borrowed) into <doc>. A member named in <deep>
+ * (NULL-terminated, or NULL) that is an object on both sides is merged member by member, as
+ * "limits": {"rpm": 10} changes only rpm; any other member is replaced as a whole. */
+void cp_json_merge(json_t *doc, json_t *patch, const char *const *deep);
+
 /** Text of query parameter <name> decoded, or NULL; the string is the call's (freed with it). */
 const char *cp_call_param(struct cp_call *c, const char *name);
 
 /* ---- validation helpers: each returns true when valid; on a problem it answers 400 naming
- * the field and returns false. <obj> is the merged document being validated. ---------------- */
+ * the field and returns false. <obj> is the merged document being validated; <key> may be a
+ * path into nested objects ("limits.rpm"), reported as such. ---------------------------------- */
 
 /** A string member: <required>, at most <max> bytes, no control characters; *<out> borrowed
  * (NULL when absent and not required). */
@@ -99,6 +105,10 @@ bool cp_val_int(struct cp_call *c, json_t *obj, const char *key, int64_t min, in
 bool cp_val_number(struct cp_call *c, json_t *obj, const char *key, double *out);
 /** A boolean; absent -> <dflt>. */
 bool cp_val_bool(struct cp_call *c, json_t *obj, const char *key, bool dflt, bool *out);
+/** An object member; absent or null -> *<out> NULL. With <allowed> (NULL-terminated; NULL
+ * allows anything) its members not in the list are refused as "<key>.<member>". *<out> borrowed. */
+bool cp_val_object(struct cp_call *c, json_t *obj, const char *key, const char *const *allowed,
+                   json_t **out);
 /** Refuse members of <obj> not in <allowed> (NULL-terminated), naming the first unknown one. */
 bool cp_val_known(struct cp_call *c, json_t *obj, const char *prefix, const char *const *allowed);
 

@@ -17,16 +17,19 @@ struct cp_catalog_entry {
     const char *id;   /* "openai", "anthropic", "dashscope", ... (the provider's `kind`) */
     const char *name; /* "OpenAI" */
     const char *base_url;
-    const char *format;     /* "openai" | "anthropic" | "azure" */
-    const char *auth_style; /* "bearer" | "header" | "query" | "none" */
-    const char *auth_name;  /* header or query parameter name, NULL for bearer/none */
-    const char *api_version; /* NULL unless the format needs one */
+    const char *format;         /* "openai" | "anthropic" | "azure" */
+    const char *auth_style;     /* "bearer" | "header" | "query" | "none" */
+    const char *auth_name;      /* header or query parameter name, NULL for bearer/none */
+    const char *api_version;    /* NULL unless the format needs one */
     const char *price_currency; /* "USD", "CNY" */
     const char *notes;          /* one line for operators (e.g. "replace <resource>") */
     const struct cp_catalog_model *models;
     size_t n_models;
 };
 
+/** The date of the list prices below ("2025-10"): prices change, and a deployment's own price
+ * is what usage is billed at; the catalog only fills it in. */
+extern const char cp_catalog_date[];
 extern const struct cp_catalog_entry cp_catalog[];
 extern const size_t cp_catalog_len;
 
