@@ -535,7 +535,7 @@ def test_100_changes_in_a_row_under_load_fail_no_request(stack):
                 stack.sql.run("DELETE FROM model_targets WHERE position = 1 AND model_id = "
                               "(SELECT id FROM models WHERE name = 'base')")
             else:  # and its deployment changes
-                stack.sql.run(f"UPDATE deployments SET weight = {i}, rpm = {1000 + i} "
+                stack.sql.run(f"UPDATE deployments SET weight = {i}, rpm = {1000000 + i} "
                               "WHERE name = 'dep'")
         version = stack.sql.version()
         wait_version(stack.dp, version, 5)

@@ -189,8 +189,10 @@ static void stream_step(struct mp_conn *c)
             mp_conn_on_drain(c, stream_step);
             return;
         }
-        if (f->abort_after >= 0 && r->phase == MP_PH_PIECES &&
-            r->emitted >= (uint64_t)f->abort_after) {
+        /* N = 0 closes right after the opening events, before any content. */
+        if (f->abort_after >= 0 && r->emitted >= (uint64_t)f->abort_after &&
+            (r->phase == MP_PH_PIECES ||
+             (f->abort_after == 0 && r->phase > MP_PH_OPEN && r->phase < MP_PH_PIECES))) {
             mp_conn_close(c, MP_CLOSE_FLUSH); /* no terminating chunk */
             return;
         }
