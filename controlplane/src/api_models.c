@@ -5,17 +5,22 @@
  *      "fallbacks": ["<public model>", ...]}
  *
  * plus id, object, slot, version, created_at and updated_at on reads (model_doc() in
- * migrations/003_admin_docs.sql). Targets are in fallback order. The policy is stored as given
- * for now; fallbacks are reserved for the routing policy and must name existing models.
+ * migrations/003_admin_docs.sql). The policy (balance, retry, circuit, fallback triggers,
+ * rules; proto/README.md) is checked by the routing table's own validator and stored as given:
+ * its stored shape is the table's (policy.h). Fallbacks are the public models tried in order
+ * when this one fails.
  *
  * This file checks shapes and formats; model_write() checks what needs the database (the
- * deployments and models named exist, the name is free, the version) and writes the model and
- * its targets in one statement, raising SY400/SY404/SY409/SY412 that cp_call_db_failed maps. */
+ * deployments and models named, rule targets included, exist; no loop forms among fallbacks
+ * and rule targets; the name is free; the version) and writes the model and its targets in one
+ * statement, raising SY400/SY404/SY409/SY412 that cp_call_db_failed maps. */
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
+#include "policy.h"
 
 #define MAX_TARGETS   64
 #define MAX_FALLBACKS 16
@@ -56,6 +61,15 @@ static json_t *validate(struct cp_call *c, json_t *doc)
         !cp_val_str(c, doc, "description", false, 1024, &desc) ||
         !cp_val_object(c, doc, "policy", NULL, &policy))
         return NULL;
+    if (policy) {
+        char *err, *param;
+        if (cp_policy_check(policy, &err, &param) < 0) {
+            cp_call_invalid(c, param ? param : "policy", "%s", err ? err : "policy: invalid");
+            free(err);
+            free(param);
+            return NULL;
+        }
+    }
 
     json_t *targets = json_object_get(doc, "targets");
     if (!json_is_array(targets) || json_array_size(targets) == 0 ||
@@ -277,8 +291,8 @@ static void on_removed(struct cp_call *c, const PGresult *res, const char *err)
         cp_call_not_found(c);
     } else if (!PQgetisnull(res, 0, 1)) {
         cp_call_error(c, 409, "conflict_error", "still_referenced", NULL,
-                      "model \"%s\" is still a fallback of models: %s; remove it from their "
-                      "fallbacks first",
+                      "model \"%s\" is still a fallback or rule target of models: %s; remove "
+                      "it from their fallbacks and policy rules first",
                       c->name, PQgetvalue(res, 0, 1));
     } else if (strcmp(PQgetvalue(res, 0, 2), "0") == 0) {
         cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
@@ -297,7 +311,8 @@ static void remove_(struct cp_call *c)
     cp_call_query(c,
                   "WITH m AS (SELECT id, version FROM models WHERE name = $1),"
                   " refs AS (SELECT string_agg(x.name, ', ' ORDER BY x.name) AS names"
-                  "   FROM models x WHERE $1 = ANY (x.fallbacks) AND x.name <> $1),"
+                  "   FROM models x WHERE ($1 = ANY (x.fallbacks)"
+                  "   OR $1 IN (SELECT policy_rule_models(x.policy))) AND x.name <> $1),"
                   " del AS (DELETE FROM models WHERE id = (SELECT id FROM m)"
                   "   AND (SELECT names FROM refs) IS NULL"
                   "   AND ($2::int IS NULL OR version = $2::int) RETURNING id)"

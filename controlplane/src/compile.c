@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "compile.h"
+#include "policy.h"
 #include "internal.h"
 #include "server.h"
 #include "sy/buf.h"
@@ -43,7 +44,8 @@ const char cp__compile_sql[] =
     "   'enabled', d.enabled, 'slot', d.slot)"
     "   ORDER BY d.id) FROM deployments d), '[]'),"
     " 'models', coalesce((SELECT json_agg(json_build_object("
-    "   'name', m.name, 'slot', m.slot, 'targets', coalesce(t.targets, '[]'))"
+    "   'name', m.name, 'slot', m.slot, 'targets', coalesce(t.targets, '[]'),"
+    "   'policy', m.policy, 'fallbacks', to_json(m.fallbacks))"
     "   ORDER BY m.id)"
     "   FROM models m LEFT JOIN (SELECT model_id,"
     "     json_agg(json_build_array(deployment_id, weight) ORDER BY position) AS targets"
@@ -376,6 +378,36 @@ static int read_models(struct build *b, json_t *doc, char **err)
         m->name = sy_xstrdup(name);
         m->slot = get_u32(row, "slot");
         t->n_models++;
+    }
+    /* Policies last: their fallbacks and rule targets name other models and deployments. The
+     * stored shape is the table's shape (controlplane/src/policy.h). */
+    uint32_t mi = 0;
+    json_array_foreach(arr, i, row)
+    {
+        if (mi >= t->n_models || !get_str(row, "name") ||
+            strcmp(get_str(row, "name"), t->models[mi].name) != 0)
+            continue; /* left out above */
+        json_t *pol = json_object_get(row, "policy"), *fb = json_object_get(row, "fallbacks");
+        if ((!json_is_object(pol) || json_object_size(pol) == 0) &&
+            (!json_is_array(fb) || json_array_size(fb) == 0)) {
+            /* No policy: left all zero, the table carries none and workers use the defaults
+             * (and a 10,000-model config stays small and quick to compile). */
+            mi++;
+            continue;
+        }
+        char *pj = pol && json_is_object(pol) ? json_dumps(pol, JSON_COMPACT) : NULL;
+        char *fj = fb && json_is_array(fb) ? json_dumps(fb, JSON_COMPACT) : NULL;
+        int rc = cp_policy_apply(t, mi, pj, fj, err);
+        free(pj);
+        free(fj);
+        if (rc < 0) {
+            char *old = *err;
+            *err = NULL;
+            cp__fail(err, rc, "model \"%s\": %s", t->models[mi].name, old ? old : "bad policy");
+            free(old);
+            return rc;
+        }
+        mi++;
     }
     return 0;
 }

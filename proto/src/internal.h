@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /** Set *<err> (when <err> is not NULL) to a new printf-formatted message the caller frees, and
  * return <rc>. Aborts on allocation failure, as sy_buf does: messages are small. */
@@ -21,3 +22,15 @@ bool sy__is_tchar(unsigned char c);
  * unpacker allocate) nested at most SY__MSGPACK_MAX_DEPTH deep. <what> names the item in the
  * messages ("table", "message"). Returns 0 or -EINVAL with *<err> set. */
 int sy__msgpack_prescan(const char *data, size_t len, const char *what, char **err);
+
+struct sy_table;
+
+/** Decode msgpack <data>/<len> (borrowed), a map {"policy": {...}, "fallbacks": [...]} (both
+ * optional), as the policy of a public model. With <t> NULL only check it, strictly: keys no
+ * field list names are refused, and names of models and deployments are not looked up. With
+ * <t>, resolve those names against <t>'s models and deployments as they stand and replace the
+ * policy of <t>->models[<model>]. Paths in messages start at "policy" or "fallbacks"; when
+ * <err_path> is not NULL it receives a copy of the path at fault (caller frees). Returns 0,
+ * -EINVAL or -ENOMEM. */
+int sy__policy_decode(struct sy_table *t, uint32_t model, const char *data, size_t len, char **err,
+                      char **err_path);

@@ -181,6 +181,8 @@ int sy__msgpack_prescan(const char *data, size_t len, const char *what, char **e
 struct dec {
     struct sy_buf path; /* where the walk is, e.g. "deployments[2].timeouts" */
     char **err;
+    char **err_path; /* when not NULL, set to a copy of the path at fault */
+    bool strict;     /* refuse keys no field list names (an operator's input), not skip them */
 };
 
 static int fail(struct dec *d, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -197,6 +199,8 @@ static int fail(struct dec *d, int rc, const char *fmt, ...)
         va_end(ap);
         *d->err = sy_buf_steal(&b, NULL);
     }
+    if (d->err_path && *d->err_path == NULL)
+        *d->err_path = sy_xstrdup(d->path.len ? d->path.data : "");
     return rc;
 }
 
@@ -433,18 +437,29 @@ enum field_kind {
     FIELD_PRICE,       /* struct sy_price, a nested map */
     FIELD_HASH,        /* struct sy_key's hash: 64 lowercase hex digits */
     FIELD_MODEL_LIST,  /* struct sy_key's models/n_models: array of strings, NULL when absent */
+    FIELD_POLICY,      /* struct sy_model's policy, a nested map read in a second pass */
+    FIELD_FALLBACKS,   /* struct sy_model's policy.fallbacks: model names, second pass too */
+    FIELD_BALANCE,     /* enum sy_balance */
+    FIELD_OLD_BALANCE, /* enum sy_balance under an older key: decoded, never encoded */
+    FIELD_RETRY,       /* struct sy_retry_policy, a nested map */
+    FIELD_CIRCUIT,     /* struct sy_circuit_policy, a nested map */
+    FIELD_TRIGGERS,    /* uint32_t SY_TRIGGER_* bits, an array of trigger names */
+    FIELD_STATUSES,    /* struct sy_policy's statuses/n_statuses: HTTP statuses 400..599 */
+    FIELD_RULES,       /* struct sy_policy's rules/n_rules */
     FIELD_MAX,
 };
 
+/* A field of a map. A FIELD_U32 with <max> > 0 must lie in [<min>, <max>]. */
 struct field {
     const char *key;
     enum field_kind kind;
     size_t off;
+    uint32_t min, max;
 };
 
 #define DEP_FIELD(key, kind, member)                                                               \
     {                                                                                              \
-        key, kind, offsetof(struct sy_deployment, member)                                          \
+        key, kind, offsetof(struct sy_deployment, member), 0, 0                                    \
     }
 static const struct field deployment_fields[] = {
     DEP_FIELD("name", FIELD_STR, name),
@@ -469,7 +484,7 @@ static const struct field deployment_fields[] = {
 
 #define TIMEOUT_FIELD(key)                                                                         \
     {                                                                                              \
-#key, FIELD_U32, offsetof(struct sy_timeouts, key)                                         \
+#key, FIELD_U32, offsetof(struct sy_timeouts, key), 0, 0                                   \
     }
 static const struct field timeout_fields[] = {
     TIMEOUT_FIELD(connect_ms),
@@ -479,19 +494,19 @@ static const struct field timeout_fields[] = {
 };
 
 static const struct field limit_fields[] = {
-    {"rpm", FIELD_U32, offsetof(struct sy_limits, rpm)},
-    {"tpm", FIELD_U32, offsetof(struct sy_limits, tpm)},
-    {"max_concurrency", FIELD_U32, offsetof(struct sy_limits, max_concurrency)},
+    {"rpm", FIELD_U32, offsetof(struct sy_limits, rpm), 0, 0},
+    {"tpm", FIELD_U32, offsetof(struct sy_limits, tpm), 0, 0},
+    {"max_concurrency", FIELD_U32, offsetof(struct sy_limits, max_concurrency), 0, 0},
 };
 
 static const struct field price_fields[] = {
-    {"input", FIELD_PRICE_VALUE, offsetof(struct sy_price, input)},
-    {"output", FIELD_PRICE_VALUE, offsetof(struct sy_price, output)},
+    {"input", FIELD_PRICE_VALUE, offsetof(struct sy_price, input), 0, 0},
+    {"output", FIELD_PRICE_VALUE, offsetof(struct sy_price, output), 0, 0},
 };
 
 #define KEY_FIELD(key, kind, member)                                                               \
     {                                                                                              \
-        key, kind, offsetof(struct sy_key, member)                                                 \
+        key, kind, offsetof(struct sy_key, member), 0, 0                                           \
     }
 static const struct field key_fields[] = {
     KEY_FIELD("hash", FIELD_HASH, hash),
@@ -509,19 +524,155 @@ static const struct field key_fields[] = {
 };
 
 static const struct field model_fields[] = {
-    {"name", FIELD_STR, offsetof(struct sy_model, name)},
-    {"slot", FIELD_U32, offsetof(struct sy_model, slot)},
-    {"targets", FIELD_TARGETS, offsetof(struct sy_model, targets)},
+    {"name", FIELD_STR, offsetof(struct sy_model, name), 0, 0},
+    {"slot", FIELD_U32, offsetof(struct sy_model, slot), 0, 0},
+    {"targets", FIELD_TARGETS, offsetof(struct sy_model, targets), 0, 0},
+    {"fallbacks", FIELD_FALLBACKS, offsetof(struct sy_model, policy.fallbacks), 0, 0},
+    {"policy", FIELD_POLICY, offsetof(struct sy_model, policy), 0, 0},
 };
+
+/* ---- the policy of a public model ---------------------------------------------------------
+ * Every number has a range, so that a policy that decodes cannot stall the data plane (an
+ * hour-long backoff) or defeat itself (a circuit that never judges). The defaults are in
+ * sy_policy_init(); proto/README.md lists both. */
+
+static const char *const balance_names[SY_BALANCE_MAX] = {
+    [SY_BALANCE_WEIGHTED] = "weighted",
+    [SY_BALANCE_ROUND_ROBIN] = "round_robin",
+    [SY_BALANCE_LEAST_CONNECTIONS] = "least_connections",
+    [SY_BALANCE_LATENCY] = "latency",
+    [SY_BALANCE_COST] = "cost",
+};
+
+/* Indexed by bit: SY_TRIGGER_CONNECT is bit 0. */
+static const char *const trigger_names[] = {
+    "connect", "timeout", "429", "5xx", "context_length", "status", "malformed",
+};
+static_assert(1u << (SY_ARRAY_LEN(trigger_names) - 1) == SY_TRIGGER_MALFORMED,
+              "one name per trigger bit");
+
+#define POLICY_FIELD(key, kind, member, min, max)                                                  \
+    {                                                                                              \
+        key, kind, offsetof(struct sy_policy, member), min, max                                    \
+    }
+static const struct field policy_fields[] = {
+    POLICY_FIELD("balance", FIELD_BALANCE, balance, 0, 0),
+    POLICY_FIELD("strategy", FIELD_OLD_BALANCE, balance, 0, 0),
+    POLICY_FIELD("retry", FIELD_RETRY, retry, 0, 0),
+    POLICY_FIELD("circuit", FIELD_CIRCUIT, circuit, 0, 0),
+    POLICY_FIELD("fallback_on", FIELD_TRIGGERS, fallback_triggers, 0, 0),
+    POLICY_FIELD("statuses", FIELD_STATUSES, statuses, 0, 0),
+    POLICY_FIELD("shed_percent", FIELD_U32, shed_percent, 1, 100),
+    POLICY_FIELD("max_timeout_ms", FIELD_U32, max_timeout_ms, 0, 3600000),
+    POLICY_FIELD("rules", FIELD_RULES, rules, 0, 0),
+};
+
+#define RETRY_FIELD(key, kind, min, max)                                                           \
+    {                                                                                              \
+#key, kind, offsetof(struct sy_retry_policy, key), min, max                                \
+    }
+static const struct field retry_fields[] = {
+    RETRY_FIELD(attempts, FIELD_U32, 1, 10),
+    RETRY_FIELD(backoff_ms, FIELD_U32, 0, 60000),
+    RETRY_FIELD(max_backoff_ms, FIELD_U32, 0, 300000),
+    RETRY_FIELD(retry_after_cap_ms, FIELD_U32, 0, 300000),
+    RETRY_FIELD(budget_percent, FIELD_U32, 0, 100),
+    {"on", FIELD_TRIGGERS, offsetof(struct sy_retry_policy, triggers), 0, 0},
+};
+
+#define CIRCUIT_FIELD(key, min, max)                                                               \
+    {                                                                                              \
+#key, FIELD_U32, offsetof(struct sy_circuit_policy, key), min, max                         \
+    }
+static const struct field circuit_fields[] = {
+    CIRCUIT_FIELD(window_ms, 1000, 3600000),  CIRCUIT_FIELD(min_requests, 1, 1000000),
+    CIRCUIT_FIELD(error_percent, 1, 100),     CIRCUIT_FIELD(consecutive, 0, 1000000),
+    CIRCUIT_FIELD(cooldown_ms, 100, 3600000), CIRCUIT_FIELD(half_open_probes, 1, 1000),
+};
+
+/* Keys of a rule's `when`, indexed by enum sy_rule_op. */
+static const char *const when_names[SY_RULE_MAX] = {
+    [SY_RULE_TOKENS_BELOW] = "tokens_below",
+    [SY_RULE_TOKENS_ABOVE] = "tokens_above",
+    [SY_RULE_MESSAGES_BELOW] = "messages_below",
+    [SY_RULE_MESSAGES_ABOVE] = "messages_above",
+    [SY_RULE_HAS_TOOLS] = "has_tools",
+    [SY_RULE_HAS_IMAGES] = "has_images",
+    [SY_RULE_COMPLEXITY_BELOW] = "complexity_below",
+    [SY_RULE_COMPLEXITY_ABOVE] = "complexity_above",
+    [SY_RULE_HEADER] = "header",
+    [SY_RULE_TIER] = "tier",
+    [SY_RULE_AGENT] = "agent",
+    [SY_RULE_USER] = "user",
+};
+
+#define MAX_RULES         64  /* rules of one model */
+#define MAX_STATUSES      64  /* statuses of one model */
+#define MAX_RULE_VALUES   256 /* values of one header/tier/agent/user condition */
+#define MAX_RULE_TOKENS   100000000
+#define MAX_RULE_MESSAGES 1000000
+#define MAX_RULE_WEIGHT   1000000
+#define MAX_RULE_TARGETS  64 /* deployments of one rule target */
+
+void sy_policy_init(struct sy_policy *p)
+{
+    *p = (struct sy_policy){
+        .balance = SY_BALANCE_WEIGHTED,
+        .retry =
+            {
+                .attempts = 2,
+                .backoff_ms = 100,
+                .max_backoff_ms = 2000,
+                .retry_after_cap_ms = 5000,
+                .budget_percent = 20,
+                .triggers = SY_TRIGGER_DEFAULT,
+            },
+        .circuit =
+            {
+                .window_ms = 30000,
+                .min_requests = 20,
+                .error_percent = 50,
+                .consecutive = 5,
+                .cooldown_ms = 30000,
+                .half_open_probes = 1,
+            },
+        .fallback_triggers = SY_TRIGGER_DEFAULT,
+        .shed_percent = 80,
+        .max_timeout_ms = 0,
+    };
+}
+
+static void policy_free(struct sy_policy *p)
+{
+    for (uint32_t i = 0; i < p->n_rules; i++) {
+        struct sy_rule *r = &p->rules[i];
+        for (uint32_t j = 0; j < r->n_conds; j++) {
+            for (uint32_t k = 0; k < r->conds[j].n_values; k++)
+                free(r->conds[j].values[k]);
+            free(r->conds[j].values);
+            free(r->conds[j].name);
+        }
+        free(r->conds);
+        free(r->targets);
+        free(r->name);
+    }
+    free(p->rules);
+    free(p->fallbacks);
+    free(p->statuses);
+    memset(p, 0, sizeof(*p));
+}
 
 /* ---- decoding -------------------------------------------------------------------------- */
 
 struct table_dec {
     struct dec d;
     struct sy_table *t;
-    uint32_t *dep_by_name; /* deployment indices sorted by name, for target resolution */
-    uint32_t *seen_model;  /* per deployment: 1 + the model that last listed it */
-    uint32_t *seen_target; /* per deployment: where in that model's targets */
+    uint32_t *dep_by_name;   /* deployment indices sorted by name, for target resolution */
+    uint32_t *model_by_name; /* model indices sorted by name, for fallbacks and rule targets */
+    bool no_resolve;         /* only check policies: names of models and deployments are not
+                              * looked up (the table is not known; t is NULL) */
+    uint32_t *seen_model;    /* per deployment: 1 + the model that last listed it */
+    uint32_t *seen_target;   /* per deployment: where in that model's targets */
 };
 
 static int decode_fields(struct table_dec *td, const msgpack_object *map,
@@ -693,6 +844,508 @@ static int decode_targets(struct table_dec *td, const msgpack_object *v, struct 
     return 0;
 }
 
+static int missing(struct dec *d, const char *key, const char *why);
+
+/* ---- policies ---------------------------------------------------------------------------- */
+
+static int get_u32_range(struct dec *d, const msgpack_object *v, uint32_t min, uint32_t max,
+                         uint32_t *out)
+{
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 < min || v->via.u64 > max)
+        return fail(d, -EINVAL, "must be a whole number from %" PRIu32 " to %" PRIu32, min, max);
+    *out = (uint32_t)v->via.u64;
+    return 0;
+}
+
+/* Fail with "<what> <quoted str>" followed by <tail>. */
+static int fail_named(struct dec *d, const char *what, const msgpack_object *str, const char *tail)
+{
+    struct sy_buf b = SY_BUF_INIT;
+    sy_buf_json_str(&b, str->via.str.ptr, str->via.str.size);
+    int rc = fail(d, -EINVAL, "%s %s%s", what, b.data, tail);
+    sy_buf_free(&b);
+    return rc;
+}
+
+/* In strict mode, refuse a key of <map> that is not in <names> (<n> of them, NULL entries
+ * skipped), naming it in the path as the admin API does: `policy.retry.tries: unknown field`. */
+static int check_known(struct dec *d, const msgpack_object *map, const char *const *names, size_t n)
+{
+    if (!d->strict)
+        return 0;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        bool ok = false;
+        for (size_t j = 0; j < n && !ok; j++)
+            ok = names[j] && key_is(k, names[j]);
+        if (ok)
+            continue;
+        if (k->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "keys must be strings, got %s", type_name(k));
+        if (d->path.len)
+            sy_buf_puts(&d->path, ".");
+        sy_buf_append(&d->path, k->via.str.ptr, k->via.str.size);
+        return fail(d, -EINVAL, "unknown field");
+    }
+    return 0;
+}
+
+static int resolve_model(struct table_dec *td, const char *name, size_t len, uint32_t *idx)
+{
+    size_t lo = 0, hi = td->t->n_models;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *s = td->t->models[td->model_by_name[mid]].name;
+        size_t sn = strlen(s);
+        int c = memcmp(name, s, SY_MIN(len, sn));
+        if (c == 0)
+            c = len < sn ? -1 : len > sn;
+        if (c == 0) {
+            *idx = td->model_by_name[mid];
+            return 0;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return -ENOENT;
+}
+
+/* A public model's name at <v>: its index in *<idx> (0 when only checking). */
+static int get_model_ref(struct table_dec *td, const msgpack_object *v, uint32_t *idx)
+{
+    struct dec *d = &td->d;
+    if (v->type != MSGPACK_OBJECT_STR)
+        return fail(d, -EINVAL, "expected a model name, got %s", type_name(v));
+    if (v->via.str.size == 0)
+        return fail(d, -EINVAL, "must not be empty");
+    *idx = 0;
+    if (!td->no_resolve && resolve_model(td, v->via.str.ptr, v->via.str.size, idx) < 0)
+        return fail_named(d, "unknown model", v, "");
+    return 0;
+}
+
+static int decode_triggers(struct dec *d, const msgpack_object *v, uint32_t *out)
+{
+    uint32_t bits = 0;
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array of trigger names, got %s", type_name(v));
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        size_t mark = path_index(d, i);
+        size_t bit = SY_ARRAY_LEN(trigger_names);
+        if (e->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "expected a trigger name, got %s", type_name(e));
+        for (size_t j = 0; j < SY_ARRAY_LEN(trigger_names) && bit == SY_ARRAY_LEN(trigger_names);
+             j++)
+            if (key_is(e, trigger_names[j]))
+                bit = j;
+        if (bit == SY_ARRAY_LEN(trigger_names)) {
+            struct sy_buf b = SY_BUF_INIT;
+            sy_buf_puts(&b, "; valid triggers are ");
+            for (size_t j = 0; j < SY_ARRAY_LEN(trigger_names); j++)
+                sy_buf_printf(&b, "%s\"%s\"", j ? ", " : "", trigger_names[j]);
+            int rc = fail_named(d, "unknown trigger", e, b.data);
+            sy_buf_free(&b);
+            return rc;
+        }
+        if (bits & (1u << bit))
+            return fail(d, -EINVAL, "\"%s\" is listed twice", trigger_names[bit]);
+        bits |= 1u << bit;
+        path_pop(d, mark);
+    }
+    *out = bits;
+    return 0;
+}
+
+static int decode_statuses(struct dec *d, const msgpack_object *v, struct sy_policy *p)
+{
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array of HTTP statuses, got %s", type_name(v));
+    if (v->via.array.size > MAX_STATUSES)
+        return fail(d, -EINVAL, "must list at most %d statuses", MAX_STATUSES);
+    free(p->statuses);
+    p->n_statuses = 0;
+    p->statuses = calloc(v->via.array.size ? v->via.array.size : 1, sizeof(*p->statuses));
+    if (p->statuses == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        size_t mark = path_index(d, i);
+        uint32_t st = 0;
+        int rc = get_u32_range(d, &v->via.array.ptr[i], 400, 599, &st);
+        if (rc < 0)
+            return rc;
+        for (uint32_t j = 0; j < i; j++)
+            if (p->statuses[j] == st)
+                return fail(d, -EINVAL, "%" PRIu32 " is listed twice (also statuses[%" PRIu32 "])",
+                            st, j);
+        p->statuses[p->n_statuses++] = (uint16_t)st;
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+/* A list of accepted values: one string or an array of 1..MAX_RULE_VALUES strings. */
+static int decode_values(struct dec *d, const msgpack_object *v, struct sy_rule_cond *c)
+{
+    const msgpack_object *items = v;
+    uint32_t n = 1;
+
+    if (v->type == MSGPACK_OBJECT_ARRAY) {
+        items = v->via.array.ptr;
+        n = v->via.array.size;
+        if (n == 0 || n > MAX_RULE_VALUES)
+            return fail(d, -EINVAL, "must list 1 to %d values", MAX_RULE_VALUES);
+    } else if (v->type != MSGPACK_OBJECT_STR) {
+        return fail(d, -EINVAL, "expected a string or an array of strings, got %s", type_name(v));
+    }
+    c->values = calloc(n, sizeof(*c->values));
+    if (c->values == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++) {
+        size_t mark = v->type == MSGPACK_OBJECT_ARRAY ? path_index(d, i) : d->path.len;
+        int rc = get_str(d, &items[i], &c->values[i]);
+        if (rc < 0)
+            return rc;
+        c->n_values++; /* counted now so that a failure below frees it */
+        if (c->values[i][0] == '\0')
+            return fail(d, -EINVAL, "must not be empty");
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+/* A complexity threshold: a number from 0 to 1, kept in thousandths. */
+static int get_complexity(struct dec *d, const msgpack_object *v, int64_t *out)
+{
+    double x;
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= 1)
+        x = (double)v->via.u64;
+    else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
+        x = v->via.f64;
+    else
+        x = -1;
+    if (!(x >= 0 && x <= 1))
+        return fail(d, -EINVAL, "must be a number from 0 to 1");
+    *out = (int64_t)(x * 1000 + 0.5); /* x >= 0: rounds to nearest, no libm needed */
+    return 0;
+}
+
+static int decode_header_conds(struct dec *d, const msgpack_object *v, struct sy_rule *r)
+{
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map of header names to values, got %s", type_name(v));
+    if (v->via.map.size == 0)
+        return fail(d, -EINVAL, "must name at least one header");
+    uint32_t first = r->n_conds;
+    for (uint32_t i = 0; i < v->via.map.size; i++) {
+        const msgpack_object *k = &v->via.map.ptr[i].key;
+        struct sy_rule_cond *c = &r->conds[r->n_conds];
+        if (k->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "header names must be strings, got %s", type_name(k));
+        size_t mark = d->path.len;
+        sy_buf_puts(&d->path, "[");
+        sy_buf_json_str(&d->path, k->via.str.ptr, k->via.str.size);
+        sy_buf_puts(&d->path, "]");
+        if (k->via.str.size == 0)
+            return fail(d, -EINVAL, "empty header name");
+        for (uint32_t j = 0; j < k->via.str.size; j++)
+            if (!sy__is_tchar((unsigned char)k->via.str.ptr[j]))
+                return fail(d, -EINVAL, "header name contains an illegal character (0x%02x)",
+                            (unsigned char)k->via.str.ptr[j]);
+        for (uint32_t j = first; j < r->n_conds; j++)
+            if (sy_strcaseeq(k->via.str.ptr, k->via.str.size, r->conds[j].name))
+                return fail(d, -EINVAL, "header is given twice (names are case-insensitive)");
+        c->op = SY_RULE_HEADER;
+        c->name = strndup(k->via.str.ptr, k->via.str.size);
+        r->n_conds++; /* counted now so that a failure below frees it */
+        if (c->name == NULL)
+            return oom(d);
+        for (char *s = c->name; *s; s++) /* header names are case-insensitive */
+            if (*s >= 'A' && *s <= 'Z')
+                *s = (char)(*s - 'A' + 'a');
+        int rc = decode_values(d, &v->via.map.ptr[i].val, c);
+        if (rc < 0)
+            return rc;
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+/* A rule's `when`: conditions kept in enum sy_rule_op order (header ones in the order given),
+ * whatever the order of the keys, so that an encoded rule decodes to the same conditions. */
+static int decode_when(struct table_dec *td, const msgpack_object *v, struct sy_rule *r)
+{
+    struct dec *d = &td->d;
+    const msgpack_object *hdr;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map of conditions, got %s", type_name(v));
+    if ((rc = check_known(d, v, when_names, SY_RULE_MAX)) < 0)
+        return rc;
+    if ((rc = map_get(d, v, "header", &hdr)) < 0)
+        return rc;
+    uint32_t cap = SY_RULE_MAX;
+    if (hdr && hdr->type == MSGPACK_OBJECT_MAP)
+        cap += hdr->via.map.size;
+    r->conds = calloc(cap, sizeof(*r->conds));
+    if (r->conds == NULL)
+        return oom(d);
+    for (int op = 0; op < SY_RULE_MAX; op++) {
+        const msgpack_object *x;
+        if ((rc = map_get(d, v, when_names[op], &x)) < 0)
+            return rc;
+        if (x == NULL)
+            continue;
+        size_t mark = path_key(d, when_names[op]);
+        if (op == SY_RULE_HEADER) {
+            if ((rc = decode_header_conds(d, x, r)) < 0)
+                return rc;
+            path_pop(d, mark);
+            continue;
+        }
+        struct sy_rule_cond *c = &r->conds[r->n_conds];
+        uint32_t u = 0;
+        c->op = (enum sy_rule_op)op;
+        r->n_conds++;
+        switch (op) {
+        case SY_RULE_TOKENS_BELOW:
+        case SY_RULE_TOKENS_ABOVE:
+            rc = get_u32_range(d, x, 0, MAX_RULE_TOKENS, &u);
+            c->value = u;
+            break;
+        case SY_RULE_MESSAGES_BELOW:
+        case SY_RULE_MESSAGES_ABOVE:
+            rc = get_u32_range(d, x, 0, MAX_RULE_MESSAGES, &u);
+            c->value = u;
+            break;
+        case SY_RULE_HAS_TOOLS:
+        case SY_RULE_HAS_IMAGES:
+            if (x->type != MSGPACK_OBJECT_BOOLEAN)
+                rc = fail(d, -EINVAL, "expected true or false, got %s", type_name(x));
+            else
+                c->value = x->via.boolean;
+            break;
+        case SY_RULE_COMPLEXITY_BELOW:
+        case SY_RULE_COMPLEXITY_ABOVE:
+            rc = get_complexity(d, x, &c->value);
+            break;
+        default: /* tier, agent, user */
+            rc = decode_values(d, x, c);
+            break;
+        }
+        if (rc < 0)
+            return rc;
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+static int decode_rule_target(struct table_dec *td, const msgpack_object *v, struct sy_rule *r)
+{
+    static const char *const keys[] = {"model", "deployments"};
+    struct dec *d = &td->d;
+    const msgpack_object *model, *deps;
+    uint64_t sum = 0;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map, got %s", type_name(v));
+    if ((rc = check_known(d, v, keys, SY_ARRAY_LEN(keys))) < 0 ||
+        (rc = map_get(d, v, "model", &model)) < 0 || (rc = map_get(d, v, "deployments", &deps)) < 0)
+        return rc;
+    if ((model == NULL) == (deps == NULL))
+        return fail(d, -EINVAL,
+                    "give either model (a public model) or deployments "
+                    "([{\"deployment\", \"weight\"}]), not %s",
+                    model ? "both" : "neither");
+    if (model) {
+        uint32_t idx;
+        size_t mark = path_key(d, "model");
+        if ((rc = get_model_ref(td, model, &idx)) < 0)
+            return rc;
+        r->model = (int32_t)idx;
+        path_pop(d, mark);
+        return 0;
+    }
+
+    size_t mark = path_key(d, "deployments");
+    if (deps->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(deps));
+    if (deps->via.array.size == 0)
+        return fail(d, -EINVAL, "must list at least one deployment");
+    if (deps->via.array.size > MAX_RULE_TARGETS)
+        return fail(d, -EINVAL, "must list at most %d deployments", MAX_RULE_TARGETS);
+    r->targets = calloc(deps->via.array.size, sizeof(*r->targets));
+    if (r->targets == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < deps->via.array.size; i++) {
+        static const char *const tkeys[] = {"deployment", "weight"};
+        const msgpack_object *e = &deps->via.array.ptr[i], *dn, *w;
+        struct sy_target *tg = &r->targets[i];
+        size_t m2 = path_index(d, i);
+        if (e->type != MSGPACK_OBJECT_MAP)
+            return fail(d, -EINVAL, "expected a map, got %s", type_name(e));
+        if ((rc = check_known(d, e, tkeys, SY_ARRAY_LEN(tkeys))) < 0 ||
+            (rc = map_get(d, e, "deployment", &dn)) < 0 || (rc = map_get(d, e, "weight", &w)) < 0)
+            return rc;
+        path_key(d, "deployment");
+        if (dn == NULL)
+            return fail(d, -EINVAL, "missing");
+        if (dn->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "expected a string, got %s", type_name(dn));
+        if (dn->via.str.size == 0)
+            return fail(d, -EINVAL, "must not be empty");
+        tg->deployment = i;
+        if (!td->no_resolve &&
+            resolve_deployment(td, dn->via.str.ptr, dn->via.str.size, &tg->deployment) < 0)
+            return fail_named(d, "unknown deployment", dn, "");
+        for (uint32_t j = 0; j < i; j++) { /* entries before this one are well-formed */
+            const msgpack_object *pn = NULL;
+            map_get(d, &deps->via.array.ptr[j], "deployment", &pn);
+            if (pn->via.str.size == dn->via.str.size &&
+                memcmp(pn->via.str.ptr, dn->via.str.ptr, dn->via.str.size) == 0)
+                return fail_named(d, "deployment", dn, " is listed twice");
+        }
+        path_pop(d, m2);
+        m2 = path_index(d, i);
+        tg->weight = 1;
+        if (w) {
+            path_key(d, "weight");
+            if ((rc = get_u32_range(d, w, 0, MAX_RULE_WEIGHT, &tg->weight)) < 0)
+                return rc;
+        }
+        sum += tg->weight;
+        r->n_targets++;
+        path_pop(d, m2);
+    }
+    if (sum == 0)
+        return fail(d, -EINVAL, "weights sum to 0; give at least one deployment a positive weight");
+    path_pop(d, mark);
+    return 0;
+}
+
+static int decode_rules(struct table_dec *td, const msgpack_object *v, struct sy_policy *p)
+{
+    static const char *const keys[] = {"name", "when", "target"};
+    struct dec *d = &td->d;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array of rules, got %s", type_name(v));
+    if (v->via.array.size > MAX_RULES)
+        return fail(d, -EINVAL, "must list at most %d rules", MAX_RULES);
+    p->rules = calloc(v->via.array.size ? v->via.array.size : 1, sizeof(*p->rules));
+    if (p->rules == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i], *name, *when, *target;
+        struct sy_rule *r = &p->rules[i];
+        size_t mark = path_index(d, i);
+        r->model = -1;
+        p->n_rules++; /* counted now so that a failure below frees it */
+        if (e->type != MSGPACK_OBJECT_MAP)
+            return fail(d, -EINVAL, "expected a map {\"name\", \"when\", \"target\"}, got %s",
+                        type_name(e));
+        if ((rc = check_known(d, e, keys, SY_ARRAY_LEN(keys))) < 0 ||
+            (rc = map_get(d, e, "name", &name)) < 0 || (rc = map_get(d, e, "when", &when)) < 0 ||
+            (rc = map_get(d, e, "target", &target)) < 0)
+            return rc;
+        if (name) {
+            size_t m2 = path_key(d, "name");
+            if ((rc = get_str(d, name, &r->name)) < 0)
+                return rc;
+            if (r->name[0] == '\0')
+                return fail(d, -EINVAL, "must not be empty");
+            path_pop(d, m2);
+        }
+        if (when) {
+            size_t m2 = path_key(d, "when");
+            if ((rc = decode_when(td, when, r)) < 0)
+                return rc;
+            path_pop(d, m2);
+        }
+        if (target == NULL)
+            return missing(d, "target", " (a {\"model\"} or {\"deployments\"} map)");
+        size_t m2 = path_key(d, "target");
+        if ((rc = decode_rule_target(td, target, r)) < 0)
+            return rc;
+        path_pop(d, m2);
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+static int decode_fallbacks(struct table_dec *td, const msgpack_object *v, struct sy_policy *p)
+{
+    struct dec *d = &td->d;
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array of model names, got %s", type_name(v));
+    free(p->fallbacks);
+    p->n_fallbacks = 0;
+    p->fallbacks = calloc(v->via.array.size ? v->via.array.size : 1, sizeof(*p->fallbacks));
+    if (p->fallbacks == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        size_t mark = path_index(d, i);
+        int rc = get_model_ref(td, e, &p->fallbacks[i]);
+        if (rc < 0)
+            return rc;
+        for (uint32_t j = 0; j < i; j++) {
+            const msgpack_object *o = &v->via.array.ptr[j];
+            if (o->via.str.size == e->via.str.size &&
+                memcmp(o->via.str.ptr, e->via.str.ptr, e->via.str.size) == 0) {
+                char tail[48];
+                snprintf(tail, sizeof(tail), " is listed twice (also fallbacks[%" PRIu32 "])", j);
+                return fail_named(d, "model", e, tail);
+            }
+        }
+        p->n_fallbacks++;
+        path_pop(d, mark);
+    }
+    return 0;
+}
+
+/* The checks across the fields of a policy, once they are all read. */
+static int check_policy(struct dec *d, const msgpack_object *map, const struct sy_policy *p)
+{
+    const msgpack_object *a, *b;
+    int rc;
+
+    if ((rc = map_get(d, map, "balance", &a)) < 0 || (rc = map_get(d, map, "strategy", &b)) < 0)
+        return rc;
+    if (a && b) {
+        size_t mark = path_key(d, "strategy");
+        rc = fail(d, -EINVAL, "is the older name of balance: give one of the two");
+        path_pop(d, mark);
+        return rc;
+    }
+    if (p->retry.max_backoff_ms < p->retry.backoff_ms) {
+        size_t mark = path_key(d, "retry.max_backoff_ms");
+        rc = fail(d, -EINVAL, "must be at least backoff_ms (%" PRIu32 ")", p->retry.backoff_ms);
+        path_pop(d, mark);
+        return rc;
+    }
+    if (((p->retry.triggers | p->fallback_triggers) & SY_TRIGGER_STATUS) && p->n_statuses == 0) {
+        size_t mark = path_key(d, "statuses");
+        rc = fail(d, -EINVAL,
+                  "required when retry.on or fallback_on lists \"status\": the HTTP statuses "
+                  "(400 to 599) that trigger");
+        path_pop(d, mark);
+        return rc;
+    }
+    return 0;
+}
+
+static int decode_policy(struct table_dec *td, const msgpack_object *v, struct sy_policy *p)
+{
+    int rc = decode_fields(td, v, policy_fields, SY_ARRAY_LEN(policy_fields), p);
+    return rc < 0 ? rc : check_policy(&td->d, v, p);
+}
+
 static int decode_field(struct table_dec *td, const struct field *f, const msgpack_object *v,
                         void *base)
 {
@@ -705,6 +1358,8 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
     case FIELD_STR:
         return get_str(d, v, p);
     case FIELD_U32:
+        if (f->max > 0)
+            return get_u32_range(d, v, f->min, f->max, p);
         return get_u32(d, v, p);
     case FIELD_U64:
         if ((rc = get_u64(d, v, UINT64_MAX, &u)) == 0)
@@ -743,6 +1398,24 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
         return get_hash(d, v, p);
     case FIELD_MODEL_LIST:
         return decode_model_list(d, v, SY_CONTAINER_OF(p, struct sy_key, models));
+    case FIELD_POLICY:
+    case FIELD_FALLBACKS:
+        return 0; /* read by decode_models() once every model's name is known */
+    case FIELD_BALANCE:
+    case FIELD_OLD_BALANCE:
+        if ((rc = get_enum(d, v, balance_names, SY_BALANCE_MAX, &e)) == 0)
+            *(enum sy_balance *)p = (enum sy_balance)e;
+        return rc;
+    case FIELD_RETRY:
+        return decode_fields(td, v, retry_fields, SY_ARRAY_LEN(retry_fields), p);
+    case FIELD_CIRCUIT:
+        return decode_fields(td, v, circuit_fields, SY_ARRAY_LEN(circuit_fields), p);
+    case FIELD_TRIGGERS:
+        return decode_triggers(d, v, p);
+    case FIELD_STATUSES:
+        return decode_statuses(d, v, SY_CONTAINER_OF(p, struct sy_policy, statuses));
+    case FIELD_RULES:
+        return decode_rules(td, v, SY_CONTAINER_OF(p, struct sy_policy, rules));
     case FIELD_MAX:
         break;
     }
@@ -750,7 +1423,8 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
     return -EINVAL;
 }
 
-/* Read the keys of <map> named in <fields> into <base>; others, and nil values, are skipped. */
+/* Read the keys of <map> named in <fields> into <base>; nil values are skipped, and so are
+ * other keys unless the walk is strict. */
 static int decode_fields(struct table_dec *td, const msgpack_object *map,
                          const struct field *fields, size_t n_fields, void *base)
 {
@@ -761,6 +1435,15 @@ static int decode_fields(struct table_dec *td, const msgpack_object *map,
     static_assert(SY_ARRAY_LEN(deployment_fields) <= 64, "seen is a 64-bit mask");
     if (map->type != MSGPACK_OBJECT_MAP)
         return fail(d, -EINVAL, "expected a map, got %s", type_name(map));
+    if (d->strict) {
+        const char *names[64];
+        SY_REQUIRE(n_fields <= SY_ARRAY_LEN(names));
+        for (size_t j = 0; j < n_fields; j++)
+            names[j] = fields[j].key;
+        int rc = check_known(d, map, names, n_fields);
+        if (rc < 0)
+            return rc;
+    }
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object_kv *kv = &map->via.map.ptr[i];
         for (size_t j = 0; j < n_fields; j++) {
@@ -980,6 +1663,7 @@ static void table_free(struct sy_table *t)
     for (uint32_t i = 0; i < t->n_models; i++) {
         free(t->models[i].name);
         free(t->models[i].targets);
+        policy_free(&t->models[i].policy);
     }
     free(t->models);
     for (uint32_t i = 0; i < t->n_keys; i++)
@@ -1030,11 +1714,97 @@ static int decode_deployments(struct table_dec *td, const msgpack_object *v)
                        offsetof(struct sy_deployment, slot), n, "deployments");
 }
 
+/* A policy's edges to other models: its fallbacks, then the models its rules target. Sets
+ * *<to> to the <k>th and returns 1, returns 0 for a rule that targets deployments, -1 past
+ * the end. */
+static int model_edge(const struct sy_policy *p, uint32_t k, uint32_t *to, bool *fallback)
+{
+    if (k < p->n_fallbacks) {
+        *to = p->fallbacks[k];
+        *fallback = true;
+        return 1;
+    }
+    k -= p->n_fallbacks;
+    if (k >= p->n_rules)
+        return -1;
+    if (p->rules[k].model < 0)
+        return 0;
+    *to = (uint32_t)p->rules[k].model;
+    *fallback = false;
+    return 1;
+}
+
+/* Refuse a loop among the models' fallbacks and rule targets: a request would go round it
+ * until its attempts ran out. An iterative depth-first search (a chain may be long); the first
+ * loop found, from the models in name order, is named: `models: fallback loop a → b → a`. */
+static int check_loops(struct dec *d, const struct sy_table *t)
+{
+    uint32_t n = t->n_models, sp = 0;
+    uint8_t *state = calloc(n ? n : 1, 1); /* 0 unseen, 1 on the stack, 2 done */
+    uint32_t *node = malloc(sizeof(*node) * (n ? n : 1));
+    uint32_t *edge = malloc(sizeof(*edge) * (n ? n : 1));
+    bool *via_fallback = malloc(sizeof(*via_fallback) * (n ? n : 1));
+    int rc = 0;
+
+    if (state == NULL || node == NULL || edge == NULL || via_fallback == NULL) {
+        rc = oom(d);
+        goto fail;
+    }
+    for (uint32_t s = 0; s < n && rc == 0; s++) {
+        if (state[s])
+            continue;
+        node[0] = s;
+        edge[0] = 0;
+        state[s] = 1;
+        sp = 1;
+        while (sp > 0 && rc == 0) {
+            uint32_t top = node[sp - 1], to;
+            bool fb;
+            int e = model_edge(&t->models[top].policy, edge[sp - 1]++, &to, &fb);
+            if (e < 0) {
+                state[top] = 2;
+                sp--;
+                continue;
+            }
+            if (e == 0 || state[to] == 2)
+                continue;
+            via_fallback[sp - 1] = fb;
+            if (state[to] == 0) {
+                state[to] = 1;
+                node[sp] = to;
+                edge[sp] = 0;
+                sp++;
+                continue;
+            }
+            /* <to> is on the stack: the loop is node[i..sp-1] and back to it */
+            uint32_t i = 0;
+            bool all_fallbacks = true;
+            while (node[i] != to)
+                i++;
+            struct sy_buf b = SY_BUF_INIT;
+            for (uint32_t j = i; j < sp; j++) {
+                sy_buf_printf(&b, "%s \xe2\x86\x92 ", t->models[node[j]].name);
+                all_fallbacks = all_fallbacks && via_fallback[j];
+            }
+            sy_buf_puts(&b, t->models[to].name);
+            rc = sy__proto_fail(d->err, -EINVAL, "models: %s loop %s%s",
+                                all_fallbacks ? "fallback" : "routing", b.data,
+                                all_fallbacks ? "" : " (through fallbacks and rule targets)");
+            sy_buf_free(&b);
+        }
+    }
+fail:
+    free(state);
+    free(node);
+    free(edge);
+    free(via_fallback);
+    return rc;
+}
+
 static int decode_models(struct table_dec *td, const msgpack_object *v)
 {
     struct dec *d = &td->d;
     struct sy_table *t = td->t;
-    uint32_t *order = NULL;
     int rc;
 
     if (v->type != MSGPACK_OBJECT_ARRAY)
@@ -1050,6 +1820,7 @@ static int decode_models(struct table_dec *td, const msgpack_object *v)
         struct sy_model *m = &t->models[i];
         size_t mark = path_index(d, i);
         m->slot = i;
+        sy_policy_init(&m->policy);
         if ((rc = decode_fields(td, &v->via.array.ptr[i], model_fields, SY_ARRAY_LEN(model_fields),
                                 m)) < 0)
             return rc;
@@ -1065,28 +1836,59 @@ static int decode_models(struct table_dec *td, const msgpack_object *v)
         return oom(d);
     for (uint32_t i = 0; i < n; i++)
         names[i] = t->models[i].name;
-    rc = sort_unique(d, names, n, "models", &order);
+    rc = sort_unique(d, names, n, "models", &td->model_by_name);
     free(names);
-    if (rc == 0)
-        rc = check_slots(d, t->models, sizeof(*t->models), offsetof(struct sy_model, slot), n,
-                         "models");
-    if (rc < 0) {
-        free(order);
+    if (rc < 0)
         return rc;
-    }
 
-    /* Lay the models out in name order, for sy_table_find_model(). */
+    /* Second pass: policies and fallbacks name other models, which are now all known. */
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i], *x;
+        struct sy_model *m = &t->models[i];
+        size_t mark = path_index(d, i), m2;
+        if ((rc = map_get(d, e, "policy", &x)) < 0)
+            return rc;
+        m2 = path_key(d, "policy");
+        if (x && (rc = decode_policy(td, x, &m->policy)) < 0)
+            return rc;
+        path_pop(d, m2);
+        if ((rc = map_get(d, e, "fallbacks", &x)) < 0)
+            return rc;
+        m2 = path_key(d, "fallbacks");
+        if (x && (rc = decode_fallbacks(td, x, &m->policy)) < 0)
+            return rc;
+        path_pop(d, mark);
+    }
+    if ((rc = check_slots(d, t->models, sizeof(*t->models), offsetof(struct sy_model, slot), n,
+                          "models")) < 0)
+        return rc;
+
+    /* Lay the models out in name order, for sy_table_find_model(), and renumber the references
+     * between them: <rank> maps a model's index in the input to its place in name order. */
+    const uint32_t *order = td->model_by_name;
     struct sy_model *sorted = malloc(sizeof(*sorted) * (n ? n : 1));
-    if (sorted == NULL) {
-        free(order);
+    uint32_t *rank = malloc(sizeof(*rank) * (n ? n : 1));
+    if (sorted == NULL || rank == NULL) {
+        free(sorted);
+        free(rank);
         return oom(d);
     }
-    for (uint32_t i = 0; i < n; i++)
+    for (uint32_t i = 0; i < n; i++) {
         sorted[i] = t->models[order[i]];
+        rank[order[i]] = i;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        struct sy_policy *p = &sorted[i].policy;
+        for (uint32_t j = 0; j < p->n_fallbacks; j++)
+            p->fallbacks[j] = rank[p->fallbacks[j]];
+        for (uint32_t j = 0; j < p->n_rules; j++)
+            if (p->rules[j].model >= 0)
+                p->rules[j].model = (int32_t)rank[p->rules[j].model];
+    }
     free(t->models);
     t->models = sorted;
-    free(order);
-    return 0;
+    free(rank);
+    return check_loops(d, t);
 }
 
 /* qsort_r context: the keys, indexed like the array of indices being sorted. */
@@ -1279,8 +2081,77 @@ fail:
     if (td.t)
         table_free(td.t);
     free(td.dep_by_name);
+    free(td.model_by_name);
     free(td.seen_model);
     free(td.seen_target);
+    sy_buf_free(&td.d.path);
+    msgpack_unpacked_destroy(&up);
+    return rc;
+}
+
+int sy__policy_decode(struct sy_table *t, uint32_t model, const char *data, size_t len, char **err,
+                      char **err_path)
+{
+    struct table_dec td = {
+        .d = {.path = SY_BUF_INIT, .err = err, .err_path = err_path, .strict = t == NULL},
+        .t = t,
+        .no_resolve = t == NULL,
+    };
+    struct sy_policy p;
+    const msgpack_object *v;
+    msgpack_unpacked up;
+    size_t off = 0;
+    int rc;
+
+    sy_policy_init(&p);
+    msgpack_unpacked_init(&up);
+    if ((rc = sy__msgpack_prescan(data, len, "policy", err)) < 0)
+        goto fail;
+    if (msgpack_unpack_next(&up, data, len, &off) != MSGPACK_UNPACK_SUCCESS ||
+        up.data.type != MSGPACK_OBJECT_MAP) {
+        rc = sy__proto_fail(err, -EINVAL, "expected a map {\"policy\", \"fallbacks\"}");
+        goto fail;
+    }
+    sy_buf_reserve(&td.d.path, 64);
+    if (t) {
+        const char **names = malloc(sizeof(*names) * (SY_MAX(t->n_models, t->n_deployments) + 1));
+        if (names == NULL) {
+            rc = oom(&td.d);
+            goto fail;
+        }
+        for (uint32_t i = 0; i < t->n_deployments; i++)
+            names[i] = t->deployments[i].name;
+        rc = sort_unique(&td.d, names, t->n_deployments, "deployments", &td.dep_by_name);
+        for (uint32_t i = 0; rc == 0 && i < t->n_models; i++)
+            names[i] = t->models[i].name;
+        if (rc == 0)
+            rc = sort_unique(&td.d, names, t->n_models, "models", &td.model_by_name);
+        free(names);
+        if (rc < 0)
+            goto fail;
+    }
+
+    if ((rc = map_get(&td.d, &up.data, "policy", &v)) < 0)
+        goto fail;
+    size_t mark = path_key(&td.d, "policy");
+    if (v && (rc = decode_policy(&td, v, &p)) < 0)
+        goto fail;
+    path_pop(&td.d, mark);
+    if ((rc = map_get(&td.d, &up.data, "fallbacks", &v)) < 0)
+        goto fail;
+    path_key(&td.d, "fallbacks");
+    if (v && (rc = decode_fallbacks(&td, v, &p)) < 0)
+        goto fail;
+    if (t) {
+        policy_free(&t->models[model].policy);
+        t->models[model].policy = p;
+        sy_policy_init(&p); /* now the model's */
+    }
+
+fail:
+    policy_free(&p);
+    free(td.dep_by_name);
+    free(td.model_by_name);
     sy_buf_free(&td.d.path);
     msgpack_unpacked_destroy(&up);
     return rc;
@@ -1301,6 +2172,82 @@ static void pack_cstr(msgpack_packer *pk, const char *s)
 
 static void pack_fields(msgpack_packer *pk, const struct sy_table *t, const struct field *fields,
                         size_t n_fields, const void *base);
+
+/* A rule: {name, when, target}; the conditions in their order, header ones grouped in one map
+ * (decode_when() keeps them together). */
+static void pack_rule(msgpack_packer *pk, const struct sy_table *t, const struct sy_rule *r)
+{
+    uint32_t n_keys = 0, n_headers = 0;
+    for (uint32_t i = 0; i < r->n_conds; i++) {
+        if (r->conds[i].op != SY_RULE_HEADER)
+            n_keys++;
+        else if (n_headers++ == 0)
+            n_keys++;
+    }
+    msgpack_pack_map(pk, r->name ? 3 : 2);
+    if (r->name) {
+        pack_cstr(pk, "name");
+        pack_cstr(pk, r->name);
+    }
+    pack_cstr(pk, "when");
+    msgpack_pack_map(pk, n_keys);
+    for (uint32_t i = 0; i < r->n_conds; i++) {
+        const struct sy_rule_cond *c = &r->conds[i];
+        if (c->op == SY_RULE_HEADER) {
+            if (i > 0 && r->conds[i - 1].op == SY_RULE_HEADER)
+                continue;
+            pack_cstr(pk, "header");
+            msgpack_pack_map(pk, n_headers);
+            for (uint32_t j = i; j < r->n_conds && r->conds[j].op == SY_RULE_HEADER; j++) {
+                pack_cstr(pk, r->conds[j].name);
+                msgpack_pack_array(pk, r->conds[j].n_values);
+                for (uint32_t k = 0; k < r->conds[j].n_values; k++)
+                    pack_cstr(pk, r->conds[j].values[k]);
+            }
+            continue;
+        }
+        pack_cstr(pk, when_names[c->op]);
+        switch (c->op) {
+        case SY_RULE_HAS_TOOLS:
+        case SY_RULE_HAS_IMAGES:
+            if (c->value)
+                msgpack_pack_true(pk);
+            else
+                msgpack_pack_false(pk);
+            break;
+        case SY_RULE_COMPLEXITY_BELOW:
+        case SY_RULE_COMPLEXITY_ABOVE:
+            msgpack_pack_double(pk, (double)c->value / 1000);
+            break;
+        case SY_RULE_TIER:
+        case SY_RULE_AGENT:
+        case SY_RULE_USER:
+            msgpack_pack_array(pk, c->n_values);
+            for (uint32_t k = 0; k < c->n_values; k++)
+                pack_cstr(pk, c->values[k]);
+            break;
+        default:
+            msgpack_pack_int64(pk, c->value);
+            break;
+        }
+    }
+    pack_cstr(pk, "target");
+    msgpack_pack_map(pk, 1);
+    if (r->model >= 0) {
+        pack_cstr(pk, "model");
+        pack_cstr(pk, t->models[r->model].name);
+        return;
+    }
+    pack_cstr(pk, "deployments");
+    msgpack_pack_array(pk, r->n_targets);
+    for (uint32_t i = 0; i < r->n_targets; i++) {
+        msgpack_pack_map(pk, 2);
+        pack_cstr(pk, "deployment");
+        pack_cstr(pk, t->deployments[r->targets[i].deployment].name);
+        pack_cstr(pk, "weight");
+        msgpack_pack_uint32(pk, r->targets[i].weight);
+    }
+}
 
 static void pack_field(msgpack_packer *pk, const struct sy_table *t, const struct field *f,
                        const void *p)
@@ -1380,20 +2327,77 @@ static void pack_field(msgpack_packer *pk, const struct sy_table *t, const struc
             pack_cstr(pk, k->models[i]);
         return;
     }
+    case FIELD_POLICY:
+        pack_fields(pk, t, policy_fields, SY_ARRAY_LEN(policy_fields), p);
+        return;
+    case FIELD_FALLBACKS: {
+        const struct sy_policy *pol = SY_CONTAINER_OF(p, struct sy_policy, fallbacks);
+        msgpack_pack_array(pk, pol->n_fallbacks);
+        for (uint32_t i = 0; i < pol->n_fallbacks; i++)
+            pack_cstr(pk, t->models[pol->fallbacks[i]].name);
+        return;
+    }
+    case FIELD_BALANCE:
+    case FIELD_OLD_BALANCE:
+        pack_cstr(pk, balance_names[*(const enum sy_balance *)p]);
+        return;
+    case FIELD_RETRY:
+        pack_fields(pk, t, retry_fields, SY_ARRAY_LEN(retry_fields), p);
+        return;
+    case FIELD_CIRCUIT:
+        pack_fields(pk, t, circuit_fields, SY_ARRAY_LEN(circuit_fields), p);
+        return;
+    case FIELD_TRIGGERS: {
+        uint32_t bits = *(const uint32_t *)p;
+        msgpack_pack_array(pk, (size_t)__builtin_popcount(bits));
+        for (size_t i = 0; i < SY_ARRAY_LEN(trigger_names); i++)
+            if (bits & (1u << i))
+                pack_cstr(pk, trigger_names[i]);
+        return;
+    }
+    case FIELD_STATUSES: {
+        const struct sy_policy *pol = SY_CONTAINER_OF(p, struct sy_policy, statuses);
+        msgpack_pack_array(pk, pol->n_statuses);
+        for (uint32_t i = 0; i < pol->n_statuses; i++)
+            msgpack_pack_uint16(pk, pol->statuses[i]);
+        return;
+    }
+    case FIELD_RULES: {
+        const struct sy_policy *pol = SY_CONTAINER_OF(p, struct sy_policy, rules);
+        msgpack_pack_array(pk, pol->n_rules);
+        for (uint32_t i = 0; i < pol->n_rules; i++)
+            pack_rule(pk, t, &pol->rules[i]);
+        return;
+    }
     case FIELD_MAX:
         break;
     }
     SY_REQUIRE(0);
 }
 
-/* Whether field <f> at <p> is absent: a NULL string or list, which the encoder leaves out. */
+/* Whether field <f> at <p> is absent, which the encoder leaves out: a NULL string or list, an
+ * empty fallback, status or rule list, an older key, and a policy never initialised (its
+ * attempts are 0; see sy_table_encode()). */
 static bool field_absent(const struct field *f, const void *p)
 {
-    if (f->kind == FIELD_STR)
+    switch (f->kind) {
+    case FIELD_STR:
         return *(char *const *)p == NULL;
-    if (f->kind == FIELD_MODEL_LIST)
+    case FIELD_MODEL_LIST:
         return *(char **const *)p == NULL;
-    return false;
+    case FIELD_OLD_BALANCE:
+        return true;
+    case FIELD_POLICY:
+        return ((const struct sy_policy *)p)->retry.attempts == 0;
+    case FIELD_FALLBACKS:
+        return SY_CONTAINER_OF(p, struct sy_policy, fallbacks)->n_fallbacks == 0;
+    case FIELD_STATUSES:
+        return SY_CONTAINER_OF(p, struct sy_policy, statuses)->n_statuses == 0;
+    case FIELD_RULES:
+        return SY_CONTAINER_OF(p, struct sy_policy, rules)->n_rules == 0;
+    default:
+        return false;
+    }
 }
 
 /* A map of the fields of <base>; absent strings and lists (NULL) are left out. */

@@ -204,6 +204,69 @@ fail:
     return rc;
 }
 
+/* ---- policies -------------------------------------------------------------------------- */
+
+/* <text>/<len> as msgpack in <mp>; a message (with <what>) when it is not a JSON object. */
+static int json_object_to_msgpack(const char *text, size_t len, const char *what, struct sy_buf *mp,
+                                  char **err)
+{
+    json_error_t je;
+    msgpack_packer pk;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (root == NULL)
+        return sy__proto_fail(err, -EINVAL, "%s: invalid JSON at line %d, column %d: %s", what,
+                              je.line, je.column, je.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return sy__proto_fail(err, -EINVAL, "%s: must be an object", what);
+    }
+    msgpack_packer_init(&pk, mp, buf_write);
+    pack_json(&pk, root);
+    json_decref(root);
+    return 0;
+}
+
+int sy_policy_check_json(const char *text, size_t len, char **err, char **param)
+{
+    struct sy_buf mp = SY_BUF_INIT;
+    int rc;
+
+    if (err)
+        *err = NULL;
+    if (param)
+        *param = NULL;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *wrap = json_pack("{so}", "policy", root ? root : json_null());
+    char *w = json_dumps(wrap, JSON_COMPACT);
+    json_decref(wrap);
+    if (root == NULL || w == NULL) {
+        if (param)
+            *param = sy_xstrdup("policy");
+        free(w);
+        return sy__proto_fail(err, root ? -ENOMEM : -EINVAL, "policy: must be a JSON object");
+    }
+    if ((rc = json_object_to_msgpack(w, strlen(w), "policy", &mp, err)) == 0)
+        rc = sy__policy_decode(NULL, 0, mp.data, mp.len, err, param);
+    free(w);
+    sy_buf_free(&mp);
+    return rc;
+}
+
+int sy_model_policy_from_json(struct sy_table *t, uint32_t model, const char *text, size_t len,
+                              char **err)
+{
+    struct sy_buf mp = SY_BUF_INIT;
+    int rc;
+
+    if (err)
+        *err = NULL;
+    SY_REQUIRE(model < t->n_models);
+    if ((rc = json_object_to_msgpack(text, len, "model", &mp, err)) == 0)
+        rc = sy__policy_decode(t, model, mp.data, mp.len, err, NULL);
+    sy_buf_free(&mp);
+    return rc;
+}
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 static int read_file(const char *path, struct sy_buf *b, char **err)

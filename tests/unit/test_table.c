@@ -1183,6 +1183,629 @@ static void test_origin_tls_settings_in_key(void **state)
 
 /* ---- look-up and lifetime -------------------------------------------------------------- */
 
+/* Free what a decoded policy owns (the table does it in sy_table_unref()). */
+static void policy_free_for_test(struct sy_policy *p)
+{
+    for (uint32_t i = 0; i < p->n_rules; i++) {
+        for (uint32_t j = 0; j < p->rules[i].n_conds; j++) {
+            for (uint32_t k = 0; k < p->rules[i].conds[j].n_values; k++)
+                free(p->rules[i].conds[j].values[k]);
+            free(p->rules[i].conds[j].values);
+            free(p->rules[i].conds[j].name);
+        }
+        free(p->rules[i].conds);
+        free(p->rules[i].targets);
+        free(p->rules[i].name);
+    }
+    free(p->rules);
+    free(p->fallbacks);
+    free(p->statuses);
+}
+
+/* ---- policies -------------------------------------------------------------------------- */
+
+/* A table of three deployments (d1, d2, d3) and the models in <models>, a JSON array
+ * (single-quoted), for the policy tests. */
+static char *policy_table(const char *models)
+{
+    char *s;
+    assert_true(
+        asprintf(&s,
+                 "{'deployments': ["
+                 "{'name': 'd1', 'model': 'm', 'base_url': 'http://h:1/v1', 'auth': 'none'},"
+                 "{'name': 'd2', 'model': 'm', 'base_url': 'http://h:2/v1', 'auth': 'none'},"
+                 "{'name': 'd3', 'model': 'm', 'base_url': 'http://h:3/v1', 'auth': 'none'}"
+                 "], 'models': %s}",
+                 models) > 0);
+    return s;
+}
+
+static struct sy_table *policy_ok(const char *models)
+{
+    char *s = policy_table(models);
+    struct sy_table *t = from_json_ok(s);
+    free(s);
+    return t;
+}
+
+static void expect_policy_error(const char *models, const char *expected)
+{
+    char *s = policy_table(models);
+    expect_json_error(s, expected);
+    free(s);
+}
+
+static void assert_default_policy(const struct sy_policy *p)
+{
+    assert_int_equal(p->balance, SY_BALANCE_WEIGHTED);
+    assert_int_equal(p->retry.attempts, 2);
+    assert_int_equal(p->retry.backoff_ms, 100);
+    assert_int_equal(p->retry.max_backoff_ms, 2000);
+    assert_int_equal(p->retry.retry_after_cap_ms, 5000);
+    assert_int_equal(p->retry.budget_percent, 20);
+    assert_int_equal(p->retry.triggers, SY_TRIGGER_DEFAULT);
+    assert_int_equal(p->circuit.window_ms, 30000);
+    assert_int_equal(p->circuit.min_requests, 20);
+    assert_int_equal(p->circuit.error_percent, 50);
+    assert_int_equal(p->circuit.consecutive, 5);
+    assert_int_equal(p->circuit.cooldown_ms, 30000);
+    assert_int_equal(p->circuit.half_open_probes, 1);
+    assert_int_equal(p->fallback_triggers, SY_TRIGGER_DEFAULT);
+    assert_int_equal(p->n_fallbacks, 0);
+    assert_int_equal(p->n_statuses, 0);
+    assert_int_equal(p->shed_percent, 80);
+    assert_int_equal(p->max_timeout_ms, 0);
+    assert_int_equal(p->n_rules, 0);
+}
+
+static void test_policy_defaults(void **state)
+{
+    /* no policy, an empty one and a nil one: the same defaults */
+    struct sy_table *t =
+        policy_ok("[{'name': 'a', 'targets': [{'deployment': 'd1'}]},"
+                  " {'name': 'b', 'targets': [{'deployment': 'd1'}], 'policy': {}},"
+                  " {'name': 'c', 'targets': [{'deployment': 'd1'}],"
+                  "  'policy': null, 'fallbacks': null}]");
+    for (uint32_t i = 0; i < t->n_models; i++)
+        assert_default_policy(&t->models[i].policy);
+    struct sy_policy p;
+    sy_policy_init(&p);
+    assert_default_policy(&p);
+    /* a key left out keeps its default, the others are set */
+    sy_table_unref(t);
+    t = policy_ok("[{'name': 'a', 'targets': [{'deployment': 'd1'}],"
+                  "  'policy': {'retry': {'attempts': 4}, 'circuit': {'consecutive': 0}}}]");
+    const struct sy_policy *q = &t->models[0].policy;
+    assert_int_equal(q->retry.attempts, 4);
+    assert_int_equal(q->retry.backoff_ms, 100);
+    assert_int_equal(q->retry.triggers, SY_TRIGGER_DEFAULT);
+    assert_int_equal(q->circuit.consecutive, 0);
+    assert_int_equal(q->circuit.window_ms, 30000);
+    sy_table_unref(t);
+}
+
+static void test_policy_every_field(void **state)
+{
+    struct sy_table *t = load_ok("good-policy.json");
+    const struct sy_model *gpt = model(t, "gpt-4o"), *claude = model(t, "claude"),
+                          *qwen = model(t, "qwen");
+    const struct sy_policy *p = &gpt->policy;
+
+    assert_int_equal(p->balance, SY_BALANCE_LATENCY);
+    assert_int_equal(p->retry.attempts, 3);
+    assert_int_equal(p->retry.backoff_ms, 50);
+    assert_int_equal(p->retry.max_backoff_ms, 1000);
+    assert_int_equal(p->retry.retry_after_cap_ms, 3000);
+    assert_int_equal(p->retry.budget_percent, 10);
+    assert_int_equal(p->retry.triggers, SY_TRIGGER_CONNECT | SY_TRIGGER_TIMEOUT | SY_TRIGGER_429 |
+                                            SY_TRIGGER_5XX | SY_TRIGGER_STATUS);
+    assert_int_equal(p->circuit.window_ms, 10000);
+    assert_int_equal(p->circuit.min_requests, 10);
+    assert_int_equal(p->circuit.error_percent, 40);
+    assert_int_equal(p->circuit.consecutive, 3);
+    assert_int_equal(p->circuit.cooldown_ms, 15000);
+    assert_int_equal(p->circuit.half_open_probes, 2);
+    assert_int_equal(p->fallback_triggers, SY_TRIGGER_CONNECT | SY_TRIGGER_TIMEOUT |
+                                               SY_TRIGGER_429 | SY_TRIGGER_5XX |
+                                               SY_TRIGGER_CONTEXT_LENGTH);
+    assert_int_equal(p->n_statuses, 2);
+    assert_int_equal(p->statuses[0], 408);
+    assert_int_equal(p->statuses[1], 409);
+    assert_int_equal(p->shed_percent, 90);
+    assert_int_equal(p->max_timeout_ms, 120000);
+
+    /* fallbacks resolve to indices into the sorted models */
+    assert_int_equal(p->n_fallbacks, 2);
+    assert_ptr_equal(&t->models[p->fallbacks[0]], claude);
+    assert_ptr_equal(&t->models[p->fallbacks[1]], qwen);
+    assert_int_equal(claude->policy.n_fallbacks, 1);
+    assert_ptr_equal(&t->models[claude->policy.fallbacks[0]], qwen);
+    assert_int_equal(claude->policy.balance, SY_BALANCE_ROUND_ROBIN);
+    assert_int_equal(claude->policy.retry.attempts, 1);
+    assert_default_policy(&qwen->policy);
+
+    /* rules, their conditions in a fixed order and their targets resolved */
+    assert_int_equal(p->n_rules, 3);
+    const struct sy_rule *r = &p->rules[0];
+    assert_string_equal(r->name, "simple");
+    assert_int_equal(r->n_conds, 3);
+    assert_int_equal(r->conds[0].op, SY_RULE_TOKENS_BELOW);
+    assert_int_equal(r->conds[0].value, 1500);
+    assert_int_equal(r->conds[1].op, SY_RULE_HAS_TOOLS);
+    assert_int_equal(r->conds[1].value, 0);
+    assert_int_equal(r->conds[2].op, SY_RULE_COMPLEXITY_BELOW);
+    assert_int_equal(r->conds[2].value, 250);
+    assert_int_equal(r->model, -1);
+    assert_int_equal(r->n_targets, 1);
+    assert_string_equal(t->deployments[r->targets[0].deployment].name, "gpt-mini");
+    assert_int_equal(r->targets[0].weight, 1);
+
+    r = &p->rules[1];
+    assert_string_equal(r->name, "long");
+    assert_int_equal(r->n_conds, 1);
+    assert_int_equal(r->conds[0].op, SY_RULE_TOKENS_ABOVE);
+    assert_int_equal(r->conds[0].value, 100000);
+    assert_ptr_equal(&t->models[r->model], qwen);
+    assert_int_equal(r->n_targets, 0);
+
+    r = &p->rules[2];
+    assert_int_equal(r->n_conds, 2);
+    assert_int_equal(r->conds[0].op, SY_RULE_HEADER);
+    assert_string_equal(r->conds[0].name, "x-priority"); /* lowercased */
+    assert_int_equal(r->conds[0].n_values, 2);
+    assert_string_equal(r->conds[0].values[0], "high");
+    assert_string_equal(r->conds[0].values[1], "urgent");
+    assert_int_equal(r->conds[1].op, SY_RULE_TIER);
+    assert_int_equal(r->conds[1].n_values, 1); /* a single string is a list of one */
+    assert_string_equal(r->conds[1].values[0], "gold");
+    assert_int_equal(r->n_targets, 2);
+    assert_string_equal(t->deployments[r->targets[1].deployment].name, "gpt-4o-west");
+    assert_int_equal(r->targets[1].weight, 0);
+    sy_table_unref(t);
+
+    /* the rest of the conditions, and the older name of balance */
+    t = policy_ok("[{'name': 'a', 'targets': [{'deployment': 'd1'}],"
+                  "  'policy': {'strategy': 'cost', 'rules': [{'when': {"
+                  "    'user': ['ann', 'bob'], 'agent': 'bot', 'messages_above': 3,"
+                  "    'messages_below': 9, 'has_images': true, 'complexity_above': 1,"
+                  "    'header': {'x-a': '1', 'X-B': ['2', '3']}},"
+                  "   'target': {'model': 'b'}, 'name': 'all'}]}},"
+                  " {'name': 'b', 'targets': [{'deployment': 'd1'}]}]");
+    p = &model(t, "a")->policy;
+    assert_int_equal(p->balance, SY_BALANCE_COST);
+    r = &p->rules[0];
+    assert_ptr_equal(&t->models[r->model], model(t, "b"));
+    static const enum sy_rule_op ops[] = {
+        SY_RULE_MESSAGES_BELOW, SY_RULE_MESSAGES_ABOVE,
+        SY_RULE_HAS_IMAGES,     SY_RULE_COMPLEXITY_ABOVE,
+        SY_RULE_HEADER,         SY_RULE_HEADER,
+        SY_RULE_AGENT,          SY_RULE_USER,
+    };
+    static const int64_t values[] = {9, 3, 1, 1000, 0, 0, 0, 0};
+    assert_int_equal(r->n_conds, SY_ARRAY_LEN(ops));
+    for (size_t i = 0; i < SY_ARRAY_LEN(ops); i++) {
+        assert_int_equal(r->conds[i].op, ops[i]);
+        assert_int_equal(r->conds[i].value, values[i]);
+    }
+    assert_string_equal(r->conds[4].name, "x-a");
+    assert_string_equal(r->conds[5].name, "x-b");
+    assert_int_equal(r->conds[5].n_values, 2);
+    assert_string_equal(r->conds[6].values[0], "bot");
+    assert_string_equal(r->conds[7].values[1], "bob");
+    sy_table_unref(t);
+}
+
+static void assert_policies_equal(const struct sy_table *ta, const struct sy_policy *a,
+                                  const struct sy_table *tb, const struct sy_policy *b)
+{
+    assert_int_equal(a->balance, b->balance);
+    assert_memory_equal(&a->retry, &b->retry, sizeof(a->retry));
+    assert_memory_equal(&a->circuit, &b->circuit, sizeof(a->circuit));
+    assert_int_equal(a->fallback_triggers, b->fallback_triggers);
+    assert_int_equal(a->shed_percent, b->shed_percent);
+    assert_int_equal(a->max_timeout_ms, b->max_timeout_ms);
+    assert_int_equal(a->n_fallbacks, b->n_fallbacks);
+    for (uint32_t i = 0; i < a->n_fallbacks; i++)
+        assert_string_equal(ta->models[a->fallbacks[i]].name, tb->models[b->fallbacks[i]].name);
+    assert_int_equal(a->n_statuses, b->n_statuses);
+    for (uint32_t i = 0; i < a->n_statuses; i++)
+        assert_int_equal(a->statuses[i], b->statuses[i]);
+    assert_int_equal(a->n_rules, b->n_rules);
+    for (uint32_t i = 0; i < a->n_rules; i++) {
+        const struct sy_rule *x = &a->rules[i], *y = &b->rules[i];
+        assert_str_or_null_equal(x->name, y->name);
+        assert_int_equal(x->model < 0, y->model < 0);
+        if (x->model >= 0)
+            assert_string_equal(ta->models[x->model].name, tb->models[y->model].name);
+        assert_int_equal(x->n_targets, y->n_targets);
+        for (uint32_t j = 0; j < x->n_targets; j++) {
+            assert_string_equal(ta->deployments[x->targets[j].deployment].name,
+                                tb->deployments[y->targets[j].deployment].name);
+            assert_int_equal(x->targets[j].weight, y->targets[j].weight);
+        }
+        assert_int_equal(x->n_conds, y->n_conds);
+        for (uint32_t j = 0; j < x->n_conds; j++) {
+            assert_int_equal(x->conds[j].op, y->conds[j].op);
+            assert_int_equal(x->conds[j].value, y->conds[j].value);
+            assert_str_or_null_equal(x->conds[j].name, y->conds[j].name);
+            assert_int_equal(x->conds[j].n_values, y->conds[j].n_values);
+            for (uint32_t k = 0; k < x->conds[j].n_values; k++)
+                assert_string_equal(x->conds[j].values[k], y->conds[j].values[k]);
+        }
+    }
+}
+
+static void test_policy_round_trip(void **state)
+{
+    struct sy_table *a = load_ok("good-policy.json"), *b = NULL;
+    struct sy_buf m1 = SY_BUF_INIT, m2 = SY_BUF_INIT;
+    char *err = NULL;
+
+    encode(a, &m1);
+    assert_int_equal(sy_table_decode(m1.data, m1.len, &b, &err), 0);
+    assert_tables_equal(a, b);
+    for (uint32_t i = 0; i < a->n_models; i++)
+        assert_policies_equal(a, &a->models[i].policy, b, &b->models[i].policy);
+    encode(b, &m2);
+    assert_int_equal(m1.len, m2.len);
+    assert_memory_equal(m1.data, m2.data, m1.len);
+    sy_table_unref(b);
+
+    /* every trigger and condition, and complexity thresholds that are not round numbers */
+    struct sy_table *c = policy_ok(
+        "[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['b'],"
+        "  'policy': {'retry': {'on': []}, 'statuses': [599, 400],"
+        "   'fallback_on': ['malformed', 'status', 'context_length', '5xx', '429', 'timeout',"
+        "                   'connect'],"
+        "   'rules': [{'when': {'complexity_below': 0.333, 'complexity_above': 0.001,"
+        "     'tokens_above': 0, 'messages_below': 1000000, 'has_tools': true,"
+        "     'has_images': false, 'tier': ['t'], 'agent': ['x', 'y'], 'user': 'u',"
+        "     'header': {'a': 'b'}}, 'target': {'deployments': [{'deployment': 'd3',"
+        "     'weight': 1000000}, {'deployment': 'd1'}]}}, {'target': {'model': 'b'}}]}},"
+        " {'name': 'b', 'targets': [{'deployment': 'd2'}]}]");
+    assert_int_equal(model(c, "a")->policy.retry.triggers, 0);
+    assert_int_equal(model(c, "a")->policy.fallback_triggers, 0x7f);
+    assert_int_equal(model(c, "a")->policy.rules[0].conds[4].value, 333);
+    encode(c, &m1);
+    assert_int_equal(sy_table_decode(m1.data, m1.len, &b, &err), 0);
+    for (uint32_t i = 0; i < c->n_models; i++)
+        assert_policies_equal(c, &c->models[i].policy, b, &b->models[i].policy);
+    encode(b, &m2);
+    assert_int_equal(m1.len, m2.len);
+    assert_memory_equal(m1.data, m2.data, m1.len);
+    sy_table_unref(b);
+
+    /* a policy never set (all zero, as a hand-built table has it) is left out, and decodes
+     * with the defaults */
+    policy_free_for_test(&c->models[0].policy);
+    memset(&c->models[0].policy, 0, sizeof(c->models[0].policy));
+    encode(c, &m1);
+    assert_int_equal(sy_table_decode(m1.data, m1.len, &b, &err), 0);
+    assert_default_policy(&model(b, "a")->policy);
+    sy_table_unref(b);
+
+    sy_table_unref(a);
+    sy_table_unref(c);
+    sy_buf_free(&m1);
+    sy_buf_free(&m2);
+}
+
+static void test_policy_errors(void **state)
+{
+    static const struct {
+        const char *policy, *error;
+    } cases[] = {
+        {"'balance': 'random'", "models[0].policy.balance: must be \"weighted\", \"round_robin\", "
+                                "\"least_connections\", \"latency\" or \"cost\", got \"random\""},
+        {"'balance': 3", "models[0].policy.balance: expected a string, got integer"},
+        {"'strategy': 'cost', 'balance': 'cost'",
+         "models[0].policy.strategy: is the older name of balance: give one of the two"},
+        {"'retry': 1", "models[0].policy.retry: expected a map, got integer"},
+        {"'retry': {'attempts': 0}",
+         "models[0].policy.retry.attempts: must be a whole number from 1 to 10"},
+        {"'retry': {'attempts': 11}",
+         "models[0].policy.retry.attempts: must be a whole number from 1 to 10"},
+        {"'retry': {'attempts': 2.5}",
+         "models[0].policy.retry.attempts: must be a whole number from 1 to 10"},
+        {"'retry': {'backoff_ms': 60001}",
+         "models[0].policy.retry.backoff_ms: must be a whole number from 0 to 60000"},
+        {"'retry': {'max_backoff_ms': 300001}",
+         "models[0].policy.retry.max_backoff_ms: must be a whole number from 0 to 300000"},
+        {"'retry': {'backoff_ms': 300, 'max_backoff_ms': 200}",
+         "models[0].policy.retry.max_backoff_ms: must be at least backoff_ms (300)"},
+        {"'retry': {'retry_after_cap_ms': -1}",
+         "models[0].policy.retry.retry_after_cap_ms: must be a whole number from 0 to 300000"},
+        {"'retry': {'budget_percent': 101}",
+         "models[0].policy.retry.budget_percent: must be a whole number from 0 to 100"},
+        {"'retry': {'on': 'connect'}",
+         "models[0].policy.retry.on: expected an array of trigger names, got string"},
+        {"'retry': {'on': ['connect', 'oops']}",
+         "models[0].policy.retry.on[1]: unknown trigger \"oops\"; valid triggers are "
+         "\"connect\", \"timeout\", \"429\", \"5xx\", \"context_length\", \"status\", "
+         "\"malformed\""},
+        {"'retry': {'on': [429]}",
+         "models[0].policy.retry.on[0]: expected a trigger name, got integer"},
+        {"'retry': {'on': ['5xx', '5xx']}",
+         "models[0].policy.retry.on[1]: \"5xx\" is listed twice"},
+        {"'circuit': {'window_ms': 999}",
+         "models[0].policy.circuit.window_ms: must be a whole number from 1000 to 3600000"},
+        {"'circuit': {'min_requests': 0}",
+         "models[0].policy.circuit.min_requests: must be a whole number from 1 to 1000000"},
+        {"'circuit': {'error_percent': 0}",
+         "models[0].policy.circuit.error_percent: must be a whole number from 1 to 100"},
+        {"'circuit': {'consecutive': 1000001}",
+         "models[0].policy.circuit.consecutive: must be a whole number from 0 to 1000000"},
+        {"'circuit': {'cooldown_ms': 99}",
+         "models[0].policy.circuit.cooldown_ms: must be a whole number from 100 to 3600000"},
+        {"'circuit': {'half_open_probes': 0}",
+         "models[0].policy.circuit.half_open_probes: must be a whole number from 1 to 1000"},
+        {"'fallback_on': ['status']",
+         "models[0].policy.statuses: required when retry.on or fallback_on lists \"status\": "
+         "the HTTP statuses (400 to 599) that trigger"},
+        {"'statuses': [399]",
+         "models[0].policy.statuses[0]: must be a whole number from 400 to 599"},
+        {"'statuses': [500, 500]",
+         "models[0].policy.statuses[1]: 500 is listed twice (also statuses[0])"},
+        {"'statuses': 500", "models[0].policy.statuses: expected an array of HTTP statuses, got "
+                            "integer"},
+        {"'shed_percent': 0",
+         "models[0].policy.shed_percent: must be a whole number from 1 to 100"},
+        {"'max_timeout_ms': 3600001",
+         "models[0].policy.max_timeout_ms: must be a whole number from 0 to 3600000"},
+        {"'rules': {}", "models[0].policy.rules: expected an array of rules, got map"},
+        {"'rules': [1]", "models[0].policy.rules[0]: expected a map {\"name\", \"when\", "
+                         "\"target\"}, got integer"},
+        {"'rules': [{}]", "models[0].policy.rules[0].target: missing (a {\"model\"} or "
+                          "{\"deployments\"} map)"},
+        {"'rules': [{'name': '', 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].name: must not be empty"},
+        {"'rules': [{'target': {}}]",
+         "models[0].policy.rules[0].target: give either model (a public model) or deployments "
+         "([{\"deployment\", \"weight\"}]), not neither"},
+        {"'rules': [{'target': {'model': 'b', 'deployments': [{'deployment': 'd1'}]}}]",
+         "models[0].policy.rules[0].target: give either model (a public model) or deployments "
+         "([{\"deployment\", \"weight\"}]), not both"},
+        {"'rules': [{'target': {'model': 'x'}}]",
+         "models[0].policy.rules[0].target.model: unknown model \"x\""},
+        {"'rules': [{'target': {'model': ''}}]",
+         "models[0].policy.rules[0].target.model: must not be empty"},
+        {"'rules': [{'target': {'deployments': []}}]",
+         "models[0].policy.rules[0].target.deployments: must list at least one deployment"},
+        {"'rules': [{'target': {'deployments': [{'weight': 1}]}}]",
+         "models[0].policy.rules[0].target.deployments[0].deployment: missing"},
+        {"'rules': [{'target': {'deployments': [{'deployment': 'dx'}]}}]",
+         "models[0].policy.rules[0].target.deployments[0].deployment: unknown deployment \"dx\""},
+        {"'rules': [{'target': {'deployments': [{'deployment': 'd1'}, {'deployment': 'd1'}]}}]",
+         "models[0].policy.rules[0].target.deployments[1].deployment: deployment \"d1\" is "
+         "listed twice"},
+        {"'rules': [{'target': {'deployments': [{'deployment': 'd1', 'weight': 0}]}}]",
+         "models[0].policy.rules[0].target.deployments: weights sum to 0; give at least one "
+         "deployment a positive weight"},
+        {"'rules': [{'target': {'deployments': [{'deployment': 'd1', 'weight': 1000001}]}}]",
+         "models[0].policy.rules[0].target.deployments[0].weight: must be a whole number from 0 "
+         "to 1000000"},
+        {"'rules': [{'when': [], 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when: expected a map of conditions, got array"},
+        {"'rules': [{'when': {'tokens_below': -1}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.tokens_below: must be a whole number from 0 to "
+         "100000000"},
+        {"'rules': [{'when': {'messages_above': 1000001}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.messages_above: must be a whole number from 0 to "
+         "1000000"},
+        {"'rules': [{'when': {'has_tools': 'yes'}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.has_tools: expected true or false, got string"},
+        {"'rules': [{'when': {'complexity_below': 1.01}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.complexity_below: must be a number from 0 to 1"},
+        {"'rules': [{'when': {'complexity_above': -0.5}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.complexity_above: must be a number from 0 to 1"},
+        {"'rules': [{'when': {'tier': []}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.tier: must list 1 to 256 values"},
+        {"'rules': [{'when': {'agent': ['a', '']}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.agent[1]: must not be empty"},
+        {"'rules': [{'when': {'user': 7}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.user: expected a string or an array of strings, got "
+         "integer"},
+        {"'rules': [{'when': {'header': {}}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.header: must name at least one header"},
+        {"'rules': [{'when': {'header': {'a b': 'x'}}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.header[\"a b\"]: header name contains an illegal "
+         "character (0x20)"},
+        {"'rules': [{'when': {'header': {'X-A': 'x', 'x-a': 'y'}}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.header[\"x-a\"]: header is given twice (names are "
+         "case-insensitive)"},
+        {"'rules': [{'when': {'header': {'x': 'a\\r\\nb'}}, 'target': {'model': 'b'}}]",
+         "models[0].policy.rules[0].when.header[\"x\"]: contains a control character (0x0d) at "
+         "byte 1"},
+    };
+    for (size_t i = 0; i < SY_ARRAY_LEN(cases); i++) {
+        char *models;
+        assert_true(asprintf(&models,
+                             "[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'policy': {%s}},"
+                             " {'name': 'b', 'targets': [{'deployment': 'd2'}]}]",
+                             cases[i].policy) > 0);
+        expect_policy_error(models, cases[i].error);
+        free(models);
+    }
+
+    /* fallbacks */
+    expect_policy_error("[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': 'b'}]",
+                        "models[0].fallbacks: expected an array of model names, got string");
+    expect_policy_error("[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['x']}]",
+                        "models[0].fallbacks[0]: unknown model \"x\"");
+    expect_policy_error("[{'name': 'b', 'targets': [{'deployment': 'd1'}]},"
+                        " {'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': [1]}]",
+                        "models[1].fallbacks[0]: expected a model name, got integer");
+    expect_policy_error("[{'name': 'b', 'targets': [{'deployment': 'd1'}]},"
+                        " {'name': 'a', 'targets': [{'deployment': 'd1'}],"
+                        "  'fallbacks': ['b', 'b']}]",
+                        "models[1].fallbacks[1]: model \"b\" is listed twice (also fallbacks[0])");
+    /* the path names the model as given, not where sorting put it */
+    expect_policy_error("[{'name': 'z', 'targets': [{'deployment': 'd1'}]},"
+                        " {'name': 'y', 'targets': [{'deployment': 'd1'}]},"
+                        " {'name': 'x', 'targets': [{'deployment': 'd1'}],"
+                        "  'policy': {'rules': [{'target': {'model': 'w'}}]}}]",
+                        "models[2].policy.rules[0].target.model: unknown model \"w\"");
+}
+
+static void test_policy_loops(void **state)
+{
+    /* length 1: a model that falls back to itself, or whose rule sends to itself */
+    expect_policy_error("[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['a']}]",
+                        "models: fallback loop a → a");
+    expect_policy_error("[{'name': 'a', 'targets': [{'deployment': 'd1'}],"
+                        "  'policy': {'rules': [{'target': {'model': 'a'}}]}}]",
+                        "models: routing loop a → a (through fallbacks and rule targets)");
+    /* length 2 */
+    expect_policy_error("[{'name': 'gpt-4o', 'targets': [{'deployment': 'd1'}],"
+                        "  'fallbacks': ['claude']},"
+                        " {'name': 'claude', 'targets': [{'deployment': 'd2'}],"
+                        "  'fallbacks': ['gpt-4o']}]",
+                        "models: fallback loop claude → gpt-4o → claude");
+    /* length 3, behind a model that is not in it */
+    expect_policy_error("[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['b']},"
+                        " {'name': 'b', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['c']},"
+                        " {'name': 'c', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['d']},"
+                        " {'name': 'd', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['b']}]",
+                        "models: fallback loop b → c → d → b");
+    /* through a rule */
+    expect_policy_error(
+        "[{'name': 'a', 'targets': [{'deployment': 'd1'}], 'fallbacks': ['b']},"
+        " {'name': 'b', 'targets': [{'deployment': 'd1'}],"
+        "  'policy': {'rules': [{'target': {'deployments': [{'deployment': 'd2'}]}},"
+        "   {'target': {'model': 'a'}}]}}]",
+        "models: routing loop a → b → a (through fallbacks and rule targets)");
+
+    /* no loop: a diamond, a three-level chain, the same model down two branches */
+    struct sy_table *t =
+        policy_ok("[{'name': 'gpt', 'targets': [{'deployment': 'd1'}],"
+                  "  'fallbacks': ['claude', 'qwen']},"
+                  " {'name': 'claude', 'targets': [{'deployment': 'd2'}], 'fallbacks': ['qwen']},"
+                  " {'name': 'qwen', 'targets': [{'deployment': 'd3'}]},"
+                  " {'name': 'router', 'targets': [{'deployment': 'd1'}],"
+                  "  'policy': {'rules': [{'target': {'model': 'gpt'}},"
+                  "   {'target': {'model': 'claude'}}]}, 'fallbacks': ['qwen']}]");
+    const struct sy_model *gpt = model(t, "gpt");
+    assert_int_equal(gpt->policy.n_fallbacks, 2);
+    assert_string_equal(t->models[gpt->policy.fallbacks[0]].name, "claude");
+    assert_string_equal(t->models[gpt->policy.fallbacks[1]].name, "qwen");
+    sy_table_unref(t);
+}
+
+static void test_policy_unknown_keys(void **state)
+{
+    /* the decoder skips keys it does not know (a newer control plane may send them)... */
+    struct sy_table *t = policy_ok("[{'name': 'a', 'targets': [{'deployment': 'd1'}],"
+                                   "  'policy': {'later': 1, 'retry': {'jitter': 'full'},"
+                                   "   'rules': [{'target': {'model': 'a2', 'x': 1}, 'y': 2,"
+                                   "     'when': {'weekday': 'mon'}}]}},"
+                                   " {'name': 'a2', 'targets': [{'deployment': 'd1'}]}]");
+    assert_int_equal(model(t, "a")->policy.n_rules, 1);
+    assert_int_equal(model(t, "a")->policy.rules[0].n_conds, 0);
+    sy_table_unref(t);
+
+    /* ...but an operator's policy is checked strictly */
+    static const struct {
+        const char *policy, *param, *error;
+    } cases[] = {
+        {"{'later': 1}", "policy.later", "policy.later: unknown field"},
+        {"{'retry': {'jitter': 'full'}}", "policy.retry.jitter",
+         "policy.retry.jitter: unknown field"},
+        {"{'circuit': {'x': 1}}", "policy.circuit.x", "policy.circuit.x: unknown field"},
+        {"{'rules': [{'target': {'model': 'm'}, 'y': 2}]}", "policy.rules[0].y",
+         "policy.rules[0].y: unknown field"},
+        {"{'rules': [{'target': {'model': 'm', 'x': 1}}]}", "policy.rules[0].target.x",
+         "policy.rules[0].target.x: unknown field"},
+        {"{'rules': [{'target': {'deployments': [{'deployment': 'd', 'w': 1}]}}]}",
+         "policy.rules[0].target.deployments[0].w",
+         "policy.rules[0].target.deployments[0].w: unknown field"},
+        {"{'rules': [{'when': {'weekday': 'mon'}, 'target': {'model': 'm'}}]}",
+         "policy.rules[0].when.weekday", "policy.rules[0].when.weekday: unknown field"},
+        {"{'retry': {'attempts': 11}}", "policy.retry.attempts",
+         "policy.retry.attempts: must be a whole number from 1 to 10"},
+        {"{'rules': [{'target': {}}]}", "policy.rules[0].target",
+         "policy.rules[0].target: give either model (a public model) or deployments "
+         "([{\"deployment\", \"weight\"}]), not neither"},
+        {"[]", "policy", "policy: expected a map, got array"},
+    };
+    for (size_t i = 0; i < SY_ARRAY_LEN(cases); i++) {
+        char *text = json(cases[i].policy), *err = NULL, *param = NULL;
+        assert_int_equal(sy_policy_check_json(text, strlen(text), &err, &param), -EINVAL);
+        if (strcmp(err, cases[i].error) != 0)
+            fail_msg("for %s\n  got:      %s\n  expected: %s", text, err, cases[i].error);
+        assert_string_equal(param, cases[i].param);
+        free(err);
+        free(param);
+        free(text);
+    }
+
+    /* names are not looked up: the admin API asks the database */
+    char *text = json("{'balance': 'cost', 'rules': [{'target': {'model': 'anything'}},"
+                      " {'target': {'deployments': [{'deployment': 'any', 'weight': 2}]}}]}");
+    char *err = NULL, *param = NULL;
+    assert_int_equal(sy_policy_check_json(text, strlen(text), &err, &param), 0);
+    assert_null(err);
+    assert_null(param);
+    free(text);
+}
+
+static void test_model_policy_from_json(void **state)
+{
+    /* as the compiler will do it: a table built by hand, its policies from the stored JSON */
+    struct sy_table *t = policy_ok("[{'name': 'b', 'targets': [{'deployment': 'd1'}]},"
+                                   " {'name': 'a', 'targets': [{'deployment': 'd2'}]}]");
+    struct sy_model *a = (struct sy_model *)model(t, "a");
+    uint32_t ai = (uint32_t)(a - t->models);
+    char *doc = json("{'name': 'a', 'policy': {'balance': 'round_robin', 'rules': [{'target':"
+                     " {'deployments': [{'deployment': 'd3'}]}}]}, 'fallbacks': ['b']}");
+    char *err = NULL;
+    assert_int_equal(sy_model_policy_from_json(t, ai, doc, strlen(doc), &err), 0);
+    assert_null(err);
+    assert_int_equal(a->policy.balance, SY_BALANCE_ROUND_ROBIN);
+    assert_string_equal(t->models[a->policy.fallbacks[0]].name, "b");
+    assert_string_equal(t->deployments[a->policy.rules[0].targets[0].deployment].name, "d3");
+    free(doc);
+
+    /* a failure leaves the policy as it was */
+    doc = json("{'policy': {'retry': {'attempts': 1}}, 'fallbacks': ['nope']}");
+    assert_int_equal(sy_model_policy_from_json(t, ai, doc, strlen(doc), &err), -EINVAL);
+    assert_string_equal(err, "fallbacks[0]: unknown model \"nope\"");
+    assert_int_equal(a->policy.retry.attempts, 2);
+    assert_int_equal(a->policy.balance, SY_BALANCE_ROUND_ROBIN);
+    free(err);
+    free(doc);
+    doc = json("{'policy': {'rules': [{'target': {'model': 'zz'}}]}}");
+    assert_int_equal(sy_model_policy_from_json(t, ai, doc, strlen(doc), &err), -EINVAL);
+    assert_string_equal(err, "policy.rules[0].target.model: unknown model \"zz\"");
+    free(err);
+    free(doc);
+    doc = json("[1]");
+    assert_int_equal(sy_model_policy_from_json(t, ai, doc, strlen(doc), &err), -EINVAL);
+    assert_string_equal(err, "model: must be an object");
+    free(err);
+    free(doc);
+
+    /* and what it set survives the trip the compiler makes */
+    struct sy_buf m = SY_BUF_INIT;
+    struct sy_table *b = NULL;
+    encode(t, &m);
+    assert_int_equal(sy_table_decode(m.data, m.len, &b, &err), 0);
+    assert_policies_equal(t, &a->policy, b, &model(b, "a")->policy);
+    sy_table_unref(b);
+
+    /* a loop set this way is caught when the encoded table is decoded */
+    struct sy_model *bm = (struct sy_model *)model(t, "b");
+    doc = json("{'fallbacks': ['a']}");
+    assert_int_equal(
+        sy_model_policy_from_json(t, (uint32_t)(bm - t->models), doc, strlen(doc), &err), 0);
+    encode(t, &m);
+    assert_int_equal(sy_table_decode(m.data, m.len, &b, &err), -EINVAL);
+    assert_string_equal(err, "models: fallback loop a → b → a");
+    free(err);
+    free(doc);
+    sy_buf_free(&m);
+    sy_table_unref(t);
+}
+
 static void test_find_model(void **state)
 {
     struct sy_table *t = from_json_ok(
@@ -1338,6 +1961,13 @@ int main(void)
         cmocka_unit_test(test_keys_limits_and_prices_validation),
         cmocka_unit_test(test_origin_parse),
         cmocka_unit_test(test_origin_tls_settings_in_key),
+        cmocka_unit_test(test_policy_defaults),
+        cmocka_unit_test(test_policy_every_field),
+        cmocka_unit_test(test_policy_round_trip),
+        cmocka_unit_test(test_policy_errors),
+        cmocka_unit_test(test_policy_loops),
+        cmocka_unit_test(test_policy_unknown_keys),
+        cmocka_unit_test(test_model_policy_from_json),
         cmocka_unit_test(test_find_model),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_decode_10k),

@@ -95,6 +95,97 @@ struct sy_target {
     uint32_t weight;
 };
 
+/* ---- the governance policy of a public model ------------------------------------------------ */
+
+enum sy_balance {
+    SY_BALANCE_WEIGHTED = 0,     /* smooth weighted round robin (equal weights: round robin) */
+    SY_BALANCE_ROUND_ROBIN,      /* strict rotation, weights ignored */
+    SY_BALANCE_LEAST_CONNECTIONS, /* fewest requests in flight on the node (shared memory) */
+    SY_BALANCE_LATENCY,          /* lowest recent time to first byte (EWMA, shared memory) */
+    SY_BALANCE_COST,             /* cheapest healthy deployment by price */
+    SY_BALANCE_MAX,
+};
+
+/* What may trigger a retry or a fallback: a bit set over the failure classes. */
+#define SY_TRIGGER_CONNECT (1u << 0)        /* refused, reset, DNS, TLS: nothing was sent */
+#define SY_TRIGGER_TIMEOUT (1u << 1)        /* connect, first-byte, idle or total timeout */
+#define SY_TRIGGER_429 (1u << 2)            /* rate limited by the provider */
+#define SY_TRIGGER_5XX (1u << 3)            /* any 5xx from the provider */
+#define SY_TRIGGER_CONTEXT_LENGTH (1u << 4) /* a 400 that says the context is too long */
+#define SY_TRIGGER_STATUS (1u << 5)         /* a status listed in the policy's statuses */
+#define SY_TRIGGER_MALFORMED (1u << 6)      /* a 200 whose body is not valid JSON */
+#define SY_TRIGGER_DEFAULT \
+    (SY_TRIGGER_CONNECT | SY_TRIGGER_TIMEOUT | SY_TRIGGER_429 | SY_TRIGGER_5XX |                 \
+     SY_TRIGGER_MALFORMED)
+
+struct sy_retry_policy {
+    uint32_t attempts;          /* total attempts on this model, first included (default 2) */
+    uint32_t backoff_ms;        /* base of exponential backoff with full jitter (default 100) */
+    uint32_t max_backoff_ms;    /* cap of one backoff (default 2000) */
+    uint32_t retry_after_cap_ms; /* longest Retry-After honoured (default 5000) */
+    uint32_t budget_percent;    /* retries at most this share of requests (default 20) */
+    uint32_t triggers;          /* SY_TRIGGER_* (default SY_TRIGGER_DEFAULT) */
+};
+
+struct sy_circuit_policy {
+    uint32_t window_ms;        /* sliding window of the error rate (default 30000) */
+    uint32_t min_requests;     /* volume below which the rate is not judged (default 20) */
+    uint32_t error_percent;    /* open at this error rate (default 50) */
+    uint32_t consecutive;      /* or after this many failures in a row (default 5) */
+    uint32_t cooldown_ms;      /* open this long before half-open (default 30000) */
+    uint32_t half_open_probes; /* probes let through when half-open (default 1) */
+};
+
+enum sy_rule_op {
+    SY_RULE_TOKENS_BELOW = 0, /* estimated prompt tokens < value */
+    SY_RULE_TOKENS_ABOVE,     /* estimated prompt tokens > value */
+    SY_RULE_MESSAGES_BELOW,
+    SY_RULE_MESSAGES_ABOVE,
+    SY_RULE_HAS_TOOLS,        /* value 1: must have tools; 0: must not */
+    SY_RULE_HAS_IMAGES,
+    SY_RULE_COMPLEXITY_BELOW, /* complexity score (x1000) < value */
+    SY_RULE_COMPLEXITY_ABOVE,
+    SY_RULE_HEADER,           /* request header <name> equals one of <values> */
+    SY_RULE_TIER,             /* the client key's tier is one of <values> */
+    SY_RULE_AGENT,
+    SY_RULE_USER,
+    SY_RULE_MAX,
+};
+
+/** One condition of a rule; all conditions of a rule must hold. */
+struct sy_rule_cond {
+    enum sy_rule_op op;
+    int64_t value;
+    char *name;    /* SY_RULE_HEADER: the header, lowercase */
+    char **values; /* SY_RULE_HEADER/TIER/AGENT/USER: accepted values */
+    uint32_t n_values;
+};
+
+/** A routing rule: conditions -> a target (another public model, or a set of deployments). */
+struct sy_rule {
+    char *name;
+    struct sy_rule_cond *conds;
+    uint32_t n_conds;
+    int32_t model;           /* index of the target model, or -1 */
+    struct sy_target *targets; /* or these deployments (when model is -1) */
+    uint32_t n_targets;
+};
+
+struct sy_policy {
+    enum sy_balance balance;
+    struct sy_retry_policy retry;
+    struct sy_circuit_policy circuit;
+    uint32_t *fallbacks; /* indices of public models tried in order after this one */
+    uint32_t n_fallbacks;
+    uint32_t fallback_triggers; /* SY_TRIGGER_* (default SY_TRIGGER_DEFAULT) */
+    uint16_t *statuses;         /* for SY_TRIGGER_STATUS */
+    uint32_t n_statuses;
+    uint32_t shed_percent;      /* a deployment above this share of its rpm/tpm sheds (80) */
+    uint32_t max_timeout_ms;    /* highest per-request timeout override a header may ask */
+    struct sy_rule *rules;
+    uint32_t n_rules;
+};
+
 /** A public model name clients ask for. */
 struct sy_model {
     char *name;
@@ -102,6 +193,7 @@ struct sy_model {
     uint32_t n_targets;
     uint32_t total_weight; /* sum of the weights of targets on enabled deployments; may be 0 */
     uint32_t slot;
+    struct sy_policy policy; /* defaults when the table gives none */
 };
 
 /** Length of a client key's hash: SHA-256. */

@@ -17,7 +17,9 @@
 int sy_table_decode(const char *data, size_t len, struct sy_table **out, char **err);
 
 /** Encode <t> (borrowed) as msgpack, appended to <out>; sy_table_decode() of the result gives
- * back an equal table. The bytes hold the credentials: zero them when done. Returns 0. */
+ * back an equal table. The bytes hold the credentials: zero them when done. Returns 0.
+ * A model whose policy was never set (all zero, as calloc leaves it: retry.attempts is 0) is
+ * encoded without one and so decodes with the defaults of sy_policy_init(). */
 int sy_table_encode(const struct sy_table *t, struct sy_buf *out);
 
 /** Build a table from its hand-written JSON form (proto/README.md) in <text>/<len> (borrowed).
@@ -25,6 +27,32 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out);
  * msgpack and decoded), plus `api_key_env` on a deployment: the key is read from that
  * environment variable now. Results as sy_table_decode(). */
 int sy_table_from_json(const char *text, size_t len, struct sy_table **out, char **err);
+
+/** Set <p> to the default policy: what a model gets when the table gives it no policy, and
+ * what every key it leaves out of its policy is (proto/README.md lists the values). <p> owns
+ * nothing before or after. */
+void sy_policy_init(struct sy_policy *p);
+
+/** Check the policy of a public model as an operator writes it: <text>/<len> (borrowed) is the
+ * JSON object of `policy`. Same checks and messages as sy_table_decode(), with paths starting
+ * at "policy" (`policy.retry.attempts: must be a whole number from 1 to 10`), but stricter:
+ * unknown keys are refused (`policy.retry.tries: unknown field`), where the decoder skips them
+ * for forward compatibility. Names of models and deployments (rule targets) are checked for
+ * shape only: the caller knows which exist. Returns 0, or -EINVAL with *<err> set to the
+ * message and *<param> to the path at fault ("policy.rules[0].target"), both for the caller to
+ * free (either may be NULL). */
+int sy_policy_check_json(const char *text, size_t len, char **err, char **param);
+
+/** Set the policy of <t>->models[<model>] from the JSON object <text>/<len> (borrowed), which
+ * holds `policy` (an object) and `fallbacks` (an array of model names), both optional, as the
+ * admin API stores them: the stored shape is the table's shape. Other keys are ignored, so a
+ * whole model document may be given. Names are resolved against <t>'s deployments and models
+ * as they stand (so set every model's name first); indices refer to those arrays. Loops are
+ * not checked here: sy_table_decode() of the encoded table refuses them. On failure the
+ * model's policy is unchanged, and -EINVAL or -ENOMEM is returned with *<err> set (caller
+ * frees), e.g. `policy.rules[0].target.model: unknown model "x"`. */
+int sy_model_policy_from_json(struct sy_table *t, uint32_t model, const char *text, size_t len,
+                              char **err);
 
 /** Load the table file <path>: JSON when its first non-blank byte is '{', msgpack otherwise.
  * Results as sy_table_decode(), and -errno when the file cannot be read; every message starts
