@@ -109,6 +109,9 @@ static const struct option_def options[] = {
     {"snapshot", "SWITCHYARD_SNAPSHOT", OPT_STRING, OFF(snapshot_path), 0, 0,
      "last-known-good table: worker 0 writes each table from the control plane here (mode "
      "0600); read at start when --table is not given"},
+    {"shm", "SWITCHYARD_SHM", OPT_STRING, OFF(shm_path), 0, 0,
+     "the node's shared-memory segment (circuits, rate limits, counters, decision log) that "
+     "the control plane reads; default /dev/shm/switchyard-<port>, removed at exit"},
     {"encode-table", NULL, OPT_PAIR, OFF(encode_table), 0, 0,
      "IN OUT: write table file IN as msgpack to OUT and exit", true},
     {"help", NULL, OPT_FLAG, 0, 0, 0, "print this help and exit"},
@@ -537,6 +540,7 @@ void dp_config_free(struct dp_config *c)
     SY_FREE(c->control_socket);
     SY_FREE(c->node_id);
     SY_FREE(c->snapshot_path);
+    SY_FREE(c->shm_path);
     SY_FREE(c->encode_table[0]);
     SY_FREE(c->encode_table[1]);
 }

@@ -33,6 +33,8 @@ struct dp_config {
     char *control_socket;  /* SWITCHYARD_SOCKET, --control-socket: the control plane's Unix socket */
     char *node_id;         /* SWITCHYARD_NODE_ID, --node-id: this node in HELLOs (host name) */
     char *snapshot_path;   /* SWITCHYARD_SNAPSHOT, --snapshot: last-known-good table file */
+    char *shm_path;        /* SWITCHYARD_SHM, --shm: the node's shared-memory segment file
+                            * (default /dev/shm/switchyard-<port>, removed at exit) */
     char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */
 };
 
@@ -60,6 +62,10 @@ int dp_master_run(const struct dp_config *c);
 /** --encode-table IN OUT: load the table file IN (JSON or msgpack, validated as at start-up)
  * and write it to OUT as msgpack, mode 0600. Returns the exit status. */
 int dp__encode_table(const char *in, const char *out);
+
+/** The node's shared memory, created by the master before it forks (workers inherit the
+ * mapping); NULL when it could not be created (governance state then stays per worker). */
+extern struct sy_shm *dp__node_shm;
 
 /* ---- worker.c ---------------------------------------------------------------------------- */
 

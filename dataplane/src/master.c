@@ -31,6 +31,7 @@
 
 #include "sy/buf.h"
 #include "sy/log.h"
+#include "sy/shm.h"
 #include "sy/table.h"
 #include "sy/util.h"
 
@@ -106,7 +107,11 @@ struct master {
     bool stopping;
     int status;                /* exit status of dp_master_run() */
     struct stat snapshot_seen; /* the snapshot file as last read, to read it again on change */
+    unsigned port;             /* the port the listeners are bound to */
+    char *shm_default;         /* the segment file we named ourselves, removed at exit */
 };
+
+struct sy_shm *dp__node_shm;
 
 /* Set by the signal handler, which runs only inside ppoll() (the signals are blocked
  * elsewhere), and read and cleared by the loop. */
@@ -344,6 +349,10 @@ static void child_exited(struct master *m, pid_t pid, int status)
         }
         sy_log(SY_LOG_WARN, "master", "worker %u (pid %d) %s; restarting it", ch.slot, (int)pid,
                how);
+        /* It died with requests in flight: give its share of the node-wide in-flight counts
+         * back, or least-connections and concurrency limits would count them forever. */
+        if (dp__node_shm && child_in_slot(m, ch.slot, CHILD_RETIRING) < 0)
+            sy_shm_worker_reap(dp__node_shm, ch.slot);
         schedule_restart(m, ch.slot);
         break;
     case CHILD_STARTING:
@@ -589,6 +598,8 @@ static int bind_listeners(struct master *m)
     }
 
     dp__addr_format((struct sockaddr *)&ss, where, sizeof(where));
+    m->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                       : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     sy_log(SY_LOG_INFO, "master", "listening on %s", where);
     printf("switchyard-dataplane listening on http://%s\n", where);
     fflush(stdout);
@@ -605,6 +616,30 @@ fail:;
     fprintf(stderr, "switchyard-dataplane: cannot listen on %s: %s: %s\n", where, what,
             strerror(e));
     return -e;
+}
+
+/* The node's shared memory: created once, before the first fork, so that every worker of
+ * every generation maps the same circuits, limiters and counters. Without it the data plane
+ * still serves, each worker keeping its own view. */
+static void create_shm(struct master *m)
+{
+    char *err = NULL;
+    const char *path = m->c->shm_path;
+    if (!path) {
+        char buf[64];
+        snprintf(buf, sizeof(buf), "/dev/shm/switchyard-%u", m->port);
+        m->shm_default = sy_xstrdup(buf);
+        path = m->shm_default;
+    }
+    if (sy_shm_create(path, NULL, &dp__node_shm, &err) != 0) {
+        sy_log(SY_LOG_ERROR, "master",
+               "no shared memory (%s): circuits, rate limits and counters are per worker",
+               err ? err : "cannot create the segment");
+        free(err);
+        SY_FREE(m->shm_default);
+        return;
+    }
+    sy_log(SY_LOG_INFO, "master", "shared memory %s (%zu bytes)", path, dp__node_shm->size);
 }
 
 /* The table the workers start with: from --table (a bad one is fatal); else from the
@@ -766,6 +801,7 @@ int dp_master_run(const struct dp_config *c)
     m.status = 1;
     if (load_initial_table(&m) != 0 || bind_listeners(&m) != 0)
         goto out;
+    create_shm(&m);
     m.status = 0;
 
     for (unsigned i = 0; i < m.n_slots; i++)
@@ -782,6 +818,14 @@ out:
         if (m.slots[i].fd != -1)
             close(m.slots[i].fd);
     sy_table_unref(m.table);
+    if (dp__node_shm) {
+        sy_shm_detach(dp__node_shm);
+        dp__node_shm = NULL;
+    }
+    if (m.shm_default) {
+        unlink(m.shm_default);
+        free(m.shm_default);
+    }
     free(m.slots);
     free(m.children);
     free(m.pfds);

@@ -16,6 +16,8 @@
 #include "sy/sse.h"
 #include "sy/table.h"
 #include "sy/util.h"
+#include "classify.h"
+#include "govern.h"
 #include "upstream.h"
 
 enum endpoint {
@@ -41,27 +43,91 @@ static const struct {
 /* Largest single SSE event from upstream. */
 #define MAX_SSE_EVENT (4u * 1024 * 1024)
 
+/** One attempt, for the trace header. */
+struct trace_rec {
+    uint32_t dep; /* deployment index */
+    uint8_t outcome;
+    uint16_t status;
+    uint32_t ms;
+};
+
+struct proxy;
+
+/** A backoff before a retry; outlives the proxy if the client leaves while it runs. */
+struct retry_timer {
+    uv_timer_t t;
+    struct proxy *p; /* NULL once the call is gone */
+};
+
 /** One model call in flight; lives in the request's arena. */
 struct proxy {
     struct sy_http_request *req;
+    struct dp_worker *w;
+    const struct sy_table *t;
     const struct sy_key *key; /* the client key, NULL when the table requires none */
-    const struct sy_deployment *dep;
     enum endpoint ep;
     bool stream;
     bool client_usage; /* the client asked for the usage chunk itself */
-    bool sse;          /* relaying an event stream to the client */
-    bool paused;       /* upstream reading paused for a slow client */
+    uint32_t est_cost_tokens; /* estimated prompt tokens plus max_tokens, for TPM limits */
+    uint32_t timeout_override_ms;
+
+    /* the route: models to try in order, and where we are */
+    uint32_t chain[8];
+    uint32_t n_chain, chain_pos;
+    const struct sy_target *targets; /* a rule's deployments for the first model, else NULL */
+    uint32_t n_targets;
+    uint32_t tries_on_model;
+    uint64_t excluded; /* targets of the current model that failed in this call */
+    uint64_t skipped;  /* ...and those that had no capacity when we tried to start on them */
+    uint32_t retries, fallbacks;
+    struct no_capacity {
+        uint32_t rate_limited;
+        uint32_t circuit_open;
+        uint32_t retry_after_ms;
+    } nocap;
+    struct retry_timer *timer;
+
+    /* the attempt in progress */
+    const struct sy_deployment *dep;
+    uint32_t target_index;
+    uint64_t attempt_ns, ttfb_ns;
+    struct dp_upstream *up;
     int status;
+    char *ctype; /* upstream Content-Type (arena) */
+    uint32_t retry_after_ms;
+    bool sse;         /* the upstream answers with an event stream */
+    bool has_content; /* ...and it has carried content */
+    bool committed;   /* the client has the response head: no more retries */
+    bool paused;      /* upstream reading paused for a slow client */
+    bool probe;       /* the attempt holds a half-open circuit probe */
     struct sy_timeouts timeouts;
     struct sy_buf up_head; /* upstream request head */
     struct sy_buf up_body; /* upstream request body */
-    struct sy_buf body;    /* buffered upstream body, or a batch of SSE events */
+    struct sy_buf body;    /* buffered upstream body, or SSE events not yet written */
     struct sy_buf headers; /* upstream response headers we pass on */
-    char *ctype;           /* upstream Content-Type (arena) */
     struct sy_sse_parser sse_parser;
     uv_buf_t up_bufs[2]; /* head and body, borrowed by the upstream client until done */
-    struct dp_upstream *up;
+
+    /* the answer of the last failed attempt, relayed if nothing better comes */
+    int last_status;
+    char *last_ctype;
+    enum dp_upstream_error last_err;
+    char *last_detail;
+    struct sy_buf last_body, last_headers;
+
+    struct trace_rec trace[12];
+    uint32_t n_trace, n_trace_dropped;
 };
+
+static void next_attempt(struct proxy *p);
+static void attempt_end(struct proxy *p, enum dp_outcome o);
+static void after_failure(struct proxy *p, enum dp_outcome o, enum dp_upstream_error err,
+                          const char *detail);
+static void attempt_failed_or_cut(struct proxy *p, enum dp_upstream_error err,
+                                  const char *detail);
+static void restore_last(struct proxy *p);
+static void fall_back(struct proxy *p, const char *why);
+static void retry_timer_closed(uv_handle_t *h);
 
 /* ============================================================================================
  * Small responses
@@ -224,8 +290,33 @@ static void handle_readyz(struct sy_http_request *req)
 }
 
 /* ============================================================================================
- * Relaying the answer
+ * A model call: attempts, retries and fallbacks
+ *
+ * A call walks a chain of public models (the one asked for, or the one a routing rule chose,
+ * then its fallbacks). On each model it makes up to retry.attempts attempts, each on a
+ * deployment picked among those whose circuit admits traffic and whose limits have room. An
+ * attempt that fails before anything reached the client is retried (after a backoff with full
+ * jitter, Retry-After honoured) or falls back to the next model, as the policy's triggers say.
+ * A stream is held back until its first content event, so a stream that fails before content
+ * is retried like any request; once content has gone out, a failure ends the stream with an
+ * error event and no clean end.
  * ========================================================================================== */
+
+static const struct sy_policy *policy_of(const struct sy_model *m)
+{
+    /* A table from before policies, or a model without one: the documented defaults. */
+    static const struct sy_policy dflt = {
+        .balance = SY_BALANCE_WEIGHTED,
+        .retry = {.attempts = 2, .backoff_ms = 100, .max_backoff_ms = 2000,
+                  .retry_after_cap_ms = 5000, .budget_percent = 20,
+                  .triggers = SY_TRIGGER_DEFAULT | SY_TRIGGER_MALFORMED},
+        .circuit = {.window_ms = 30000, .min_requests = 20, .error_percent = 50,
+                    .consecutive = 5, .cooldown_ms = 30000, .half_open_probes = 1},
+        .fallback_triggers = SY_TRIGGER_DEFAULT | SY_TRIGGER_MALFORMED,
+        .shed_percent = 80,
+    };
+    return m->policy.retry.attempts ? &m->policy : &dflt;
+}
 
 static void proxy_release(struct proxy *p)
 {
@@ -233,7 +324,15 @@ static void proxy_release(struct proxy *p)
     sy_buf_free(&p->up_body);
     sy_buf_free(&p->body);
     sy_buf_free(&p->headers);
+    sy_buf_free(&p->last_body);
+    sy_buf_free(&p->last_headers);
     sy_sse_free(&p->sse_parser);
+    if (p->timer) {
+        p->timer->p = NULL; /* its callback frees it */
+        uv_timer_stop(&p->timer->t);
+        uv_close((uv_handle_t *)&p->timer->t, retry_timer_closed);
+        p->timer = NULL;
+    }
 }
 
 /* The client left: drop the upstream exchange with it. */
@@ -243,6 +342,7 @@ static void proxy_abort(struct sy_http_request *req)
     if (p->up) {
         dp_upstream_cancel(p->up);
         p->up = NULL;
+        attempt_end(p, DP_OUT_CANCELLED);
     }
     proxy_release(p);
 }
@@ -271,6 +371,90 @@ static bool hop_header(const char *name, size_t len)
     return false;
 }
 
+static void trace_item(struct proxy *p, struct sy_buf *h, uint32_t dep, enum dp_outcome o,
+                       int status, uint32_t ms, bool first)
+{
+    sy_buf_printf(h, "%s%s;", first ? "" : ", ", p->t->deployments[dep].name);
+    if (status && (o == DP_OUT_SUCCESS || o == DP_OUT_CLIENT_ERROR ||
+                   o == DP_OUT_RATE_LIMITED || o == DP_OUT_SERVER_ERROR ||
+                   o == DP_OUT_CONTEXT_LENGTH))
+        sy_buf_printf(h, "%d", status);
+    else
+        sy_buf_puts(h, dp_outcome_label(o));
+    sy_buf_printf(h, ";%ums", ms);
+}
+
+/* Our own headers on every answer: the model that served it, the deployment that answered, and
+ * the story of the attempts ("dep-a;connect_error;3ms, dep-b;200;41ms"). An attempt still
+ * running (a stream being committed) is in it too. */
+static void add_trace_headers(struct proxy *p, struct sy_buf *h)
+{
+    if (p->n_trace == 0 && !p->dep)
+        return;
+    const struct sy_table *t = p->t;
+    uint32_t last = p->dep ? (uint32_t)(p->dep - t->deployments) : p->trace[p->n_trace - 1].dep;
+    sy_buf_printf(h, "x-switchyard-model: %s\r\nx-switchyard-deployment: %s\r\n",
+                  t->models[p->chain[p->chain_pos]].name, t->deployments[last].name);
+    sy_buf_puts(h, "x-switchyard-trace: ");
+    for (uint32_t i = 0; i < p->n_trace; i++) {
+        const struct trace_rec *r = &p->trace[i];
+        trace_item(p, h, r->dep, (enum dp_outcome)r->outcome, r->status, r->ms, i == 0);
+    }
+    if (p->dep)
+        trace_item(p, h, last, DP_OUT_SUCCESS, p->status,
+                   (uint32_t)((sy_now_ns() - p->attempt_ns) / 1000000), p->n_trace == 0);
+    if (p->n_trace_dropped)
+        sy_buf_printf(h, ", +%u more", p->n_trace_dropped);
+    sy_buf_puts(h, "\r\n");
+}
+
+/* Close the books on the current attempt. */
+static void attempt_end(struct proxy *p, enum dp_outcome o)
+{
+    if (!p->dep)
+        return;
+    uint32_t ms = (uint32_t)((sy_now_ns() - p->attempt_ns) / 1000000);
+    if (o == DP_OUT_CANCELLED && !p->committed && p->status == 0)
+        p->status = 499;
+    uint32_t dep = (uint32_t)(p->dep - p->t->deployments);
+    if (p->n_trace < SY_ARRAY_LEN(p->trace))
+        p->trace[p->n_trace++] = (struct trace_rec){dep, (uint8_t)o, (uint16_t)p->status, ms};
+    else
+        p->n_trace_dropped++;
+    uint64_t now = sy_now_ns();
+    dp__gov_attempt_done(p->w, p->t, p->dep, &p->t->models[p->chain[p->chain_pos]], o, p->probe,
+                         p->retry_after_ms, p->ttfb_ns ? p->ttfb_ns - p->attempt_ns : 0,
+                         now - p->attempt_ns, p->req, p->tries_on_model, p->status);
+    p->probe = false;
+    p->dep = NULL;
+}
+
+/* Commit a stream: send the head and every event held back, from now on relay as they come. */
+static int stream_commit(struct proxy *p)
+{
+    struct sy_buf h = p->headers;
+    p->headers = (struct sy_buf)SY_BUF_INIT;
+    sy_buf_puts(&h, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+    add_trace_headers(p, &h);
+    struct sy_http_resp_head head = {
+        .status = 200,
+        .content_type = "text/event-stream",
+        .extra = h.data,
+        .extra_len = h.len,
+        .content_length = -1,
+    };
+    p->committed = true;
+    int r = sy_http_resp_start(p->req, &head);
+    sy_buf_free(&h);
+    if (r < 0)
+        return r;
+    if (p->body.len) {
+        r = sy_http_resp_write(p->req, p->body.data, p->body.len);
+        sy_buf_reset(&p->body);
+    }
+    return r;
+}
+
 static void on_head(struct dp_upstream *u, void *ud, int status, const struct dp_header *h,
                     size_t n)
 {
@@ -278,11 +462,14 @@ static void on_head(struct dp_upstream *u, void *ud, int status, const struct dp
     const char *ctype = NULL;
     size_t ctype_len = 0;
     p->status = status;
+    p->ttfb_ns = sy_now_ns();
     for (size_t i = 0; i < n; i++) {
         if (sy_strcaseeq(h[i].name, h[i].name_len, "content-type")) {
             ctype = h[i].value;
             ctype_len = h[i].value_len;
         } else if (!hop_header(h[i].name, h[i].name_len)) {
+            if (sy_strcaseeq(h[i].name, h[i].name_len, "retry-after"))
+                p->retry_after_ms = dp_retry_after_ms(h[i].value, h[i].value_len);
             sy_buf_append(&p->headers, h[i].name, h[i].name_len);
             sy_buf_append(&p->headers, ": ", 2);
             sy_buf_append(&p->headers, h[i].value, h[i].value_len);
@@ -291,24 +478,9 @@ static void on_head(struct dp_upstream *u, void *ud, int status, const struct dp
     }
     p->ctype = ctype ? sy_arena_strndup(&p->req->arena, ctype, ctype_len) : NULL;
     bool is_sse = p->ctype && strncasecmp(p->ctype, "text/event-stream", 17) == 0;
-    if (!(p->stream && status == 200 && is_sse))
-        return; /* buffered: relayed whole in on_done */
-    p->sse = true;
-    sy_buf_puts(&p->headers, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
-    struct sy_http_resp_head head = {
-        .status = 200,
-        .content_type = "text/event-stream",
-        .extra = p->headers.data,
-        .extra_len = p->headers.len,
-        .content_length = -1,
-    };
-    sy_sse_init(&p->sse_parser, MAX_SSE_EVENT);
-    if (sy_http_resp_start(p->req, &head) < 0) {
-        struct sy_http_request *req = p->req;
-        dp_upstream_cancel(u);
-        p->up = NULL;
-        proxy_release(p);
-        sy_http_resp_abort(req);
+    if (p->stream && status == 200 && is_sse) {
+        p->sse = true;
+        sy_sse_init(&p->sse_parser, MAX_SSE_EVENT);
     }
 }
 
@@ -338,13 +510,55 @@ static bool is_usage_chunk(const char *d, size_t n)
     return c < e && *c == ']';
 }
 
+/* Does an event carry content (as opposed to the opening role chunk or a comment)? Only asked
+ * until the stream is committed, so the parse is paid for the first few events at most. */
+static bool is_content_event(const struct sy_sse_event *ev)
+{
+    if (ev->data_len == 0)
+        return false; /* comment or keep-alive */
+    json_t *doc = json_loadb(ev->data, ev->data_len, 0, NULL);
+    if (!doc)
+        return true; /* [DONE] or anything we do not understand goes out as it is */
+    bool content = true;
+    json_t *choices = json_object_get(doc, "choices");
+    if (json_is_array(choices) && json_array_size(choices) > 0 && !json_object_get(doc, "error")) {
+        json_t *c0 = json_array_get(choices, 0);
+        json_t *delta = json_object_get(c0, "delta");
+        json_t *text = json_object_get(c0, "text");
+        json_t *fin = json_object_get(c0, "finish_reason");
+        json_t *dc = json_object_get(delta, "content");
+        bool has_text = (json_is_string(dc) && json_string_length(dc) > 0) ||
+                        (json_is_string(text) && json_string_length(text) > 0);
+        content = has_text || json_object_get(delta, "tool_calls") ||
+                  json_object_get(delta, "function_call") ||
+                  json_object_get(delta, "reasoning_content") || (fin && !json_is_null(fin));
+    }
+    json_decref(doc);
+    return content;
+}
+
 static int on_event(void *ud, const struct sy_sse_event *ev)
 {
     struct proxy *p = ud;
-    if (!p->client_usage && ev->data_len && is_usage_chunk(ev->data, ev->data_len))
-        return 0; /* we asked for usage for our own accounting; the client did not */
+    if (ev->data_len && is_usage_chunk(ev->data, ev->data_len)) {
+        if (!p->client_usage)
+            return 0; /* we asked for usage for our own accounting; the client did not */
+    } else if (!p->committed && !p->has_content && is_content_event(ev)) {
+        p->has_content = true;
+    }
     sy_buf_append(&p->body, ev->raw, ev->raw_len);
     return 0;
+}
+
+/* The client cannot be written to any more: give up the call. */
+static void client_gone(struct proxy *p, struct dp_upstream *u)
+{
+    struct sy_http_request *req = p->req;
+    dp_upstream_cancel(u);
+    p->up = NULL;
+    attempt_end(p, DP_OUT_CANCELLED);
+    proxy_release(p);
+    sy_http_resp_abort(req);
 }
 
 static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t len)
@@ -354,9 +568,12 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
         if (p->body.len + len > MAX_UPSTREAM_BODY) {
             dp_upstream_cancel(u);
             p->up = NULL;
+            p->status = 502;
+            attempt_end(p, DP_OUT_MALFORMED);
             proxy_release(p);
             sy_http_resp_error(p->req, 502, "upstream_error", "upstream_body_too_large", NULL,
-                          "The provider's response is larger than %u bytes.", MAX_UPSTREAM_BODY);
+                               "The provider's response is larger than %u bytes.",
+                               MAX_UPSTREAM_BODY);
             return;
         }
         sy_buf_append(&p->body, data, len);
@@ -366,9 +583,14 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
     if (sy_sse_feed(&p->sse_parser, data, len, on_event, p) < 0) {
         dp_upstream_cancel(u);
         p->up = NULL;
-        struct sy_http_request *req = p->req;
-        proxy_release(p);
-        sy_http_resp_abort(req);
+        attempt_failed_or_cut(p, DP_UE_PROTOCOL, "an event of the stream is too large");
+        return;
+    }
+    if (!p->committed) {
+        if (!p->has_content)
+            return; /* hold back until content: the attempt can still be retried */
+        if (stream_commit(p) < 0)
+            client_gone(p, u);
         return;
     }
     if (p->body.len == 0)
@@ -376,15 +598,172 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
     int r = sy_http_resp_write(p->req, p->body.data, p->body.len);
     sy_buf_reset(&p->body);
     if (r < 0) {
-        dp_upstream_cancel(u);
-        p->up = NULL;
-        struct sy_http_request *req = p->req;
-        proxy_release(p);
-        sy_http_resp_abort(req);
+        client_gone(p, u);
     } else if (r == 1 && !p->paused) {
         p->paused = true;
         dp_upstream_pause(u);
     }
+}
+
+/* The stream was committed and broke: say so in the client's format, then cut it so it cannot
+ * be mistaken for a complete answer. */
+static void stream_cut(struct proxy *p, enum dp_upstream_error err, const char *detail)
+{
+    struct sy_http_request *req = p->req;
+    struct sy_buf ev = SY_BUF_INIT;
+    const char *msg = detail ? detail : dp_upstream_error_message(err);
+    sy_buf_puts(&ev, "data: {\"error\":{\"message\":");
+    sy_buf_json_str(&ev, msg, strlen(msg));
+    sy_buf_printf(&ev, ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
+                  dp_upstream_error_name(err));
+    sy_http_resp_write(req, ev.data, ev.len);
+    sy_buf_free(&ev);
+    sy_log(SY_LOG_WARN, "proxy", "request=%s deployment=%s stream cut: %s", req->id,
+           p->dep ? p->dep->name : "?", dp_upstream_error_name(err));
+    attempt_end(p, DP_OUT_CUT);
+    proxy_release(p);
+    sy_http_resp_abort(req);
+}
+
+/* Relay what the last attempt got, as the answer: a response the provider sent (faithfully:
+ * status, type, headers, body), or our error for a failure that produced none. */
+static void relay_final(struct proxy *p, enum dp_upstream_error err, const char *detail)
+{
+    struct sy_http_request *req = p->req;
+    if (err != DP_UE_NONE) {
+        sy_log(SY_LOG_WARN, "proxy", "request=%s upstream failed: %s%s%s", req->id,
+               dp_upstream_error_name(err), detail ? ": " : "", detail ? detail : "");
+        struct sy_buf h = SY_BUF_INIT;
+        add_trace_headers(p, &h);
+        char msg[768];
+        snprintf(msg, sizeof(msg), "%s%s%s", dp_upstream_error_message(err), detail ? ": " : "",
+                 detail ? detail : "");
+        struct sy_buf b = SY_BUF_INIT;
+        sy_buf_puts(&b, "{\"error\":{\"message\":");
+        sy_buf_json_str(&b, msg, strlen(msg));
+        sy_buf_printf(&b, ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n",
+                      dp_upstream_error_name(err));
+        int status = dp_upstream_error_status(err);
+        proxy_release(p);
+        sy_http_resp_send(req, status, "application/json", h.len ? h.data : NULL, b.data, b.len);
+        sy_buf_free(&b);
+        sy_buf_free(&h);
+        return;
+    }
+    struct sy_buf body = p->body, headers = p->headers;
+    p->body = p->headers = (struct sy_buf)SY_BUF_INIT;
+    add_trace_headers(p, &headers);
+    const char *ctype = p->ctype ? p->ctype : "application/json";
+    int status = p->status;
+    proxy_release(p);
+    /* The arena (and ctype in it) lives until the request ends inside sy_http_resp_send. */
+    sy_http_resp_send(req, status, ctype, headers.len ? headers.data : NULL,
+                      body.data ? body.data : "", body.len);
+    sy_buf_free(&body);
+    sy_buf_free(&headers);
+}
+
+static void retry_timer_closed(uv_handle_t *h)
+{
+    free(SY_CONTAINER_OF((uv_timer_t *)h, struct retry_timer, t));
+}
+
+static void retry_timer_cb(uv_timer_t *t)
+{
+    struct retry_timer *rt = SY_CONTAINER_OF(t, struct retry_timer, t);
+    struct proxy *p = rt->p;
+    uv_close((uv_handle_t *)t, retry_timer_closed);
+    if (!p)
+        return;
+    p->timer = NULL;
+    next_attempt(p);
+}
+
+/* Decide what follows a failed attempt that sent nothing to the client: retry on this model,
+ * fall back to the next one, or answer with what we got. */
+static void after_failure(struct proxy *p, enum dp_outcome o, enum dp_upstream_error err,
+                          const char *detail)
+{
+    const struct sy_model *m = &p->t->models[p->chain[p->chain_pos]];
+    const struct sy_policy *pol = policy_of(m);
+    uint32_t trig = dp_outcome_triggers(o, p->status, pol);
+    uint32_t failed_target = p->target_index;
+    uint32_t retry_after = p->retry_after_ms;
+
+    /* Keep this answer: if nothing better comes, it is the one the client gets. */
+    sy_buf_free(&p->last_body);
+    sy_buf_free(&p->last_headers);
+    p->last_body = p->body;
+    p->last_headers = p->headers;
+    p->body = p->headers = (struct sy_buf)SY_BUF_INIT;
+    p->last_status = p->status;
+    p->last_ctype = p->ctype;
+    p->last_err = err;
+    p->last_detail = detail ? sy_arena_strndup(&p->req->arena, detail, strlen(detail)) : NULL;
+
+    if (failed_target < 64)
+        p->excluded |= 1ull << failed_target;
+    /* A Retry-After beyond the cap: this deployment will not recover in time for a retry. */
+    bool retry_here = !(o == DP_OUT_RATE_LIMITED && retry_after > pol->retry.retry_after_cap_ms);
+    if ((trig & pol->retry.triggers) && p->tries_on_model < pol->retry.attempts &&
+        dp__gov_retry_allowed(p->w, pol)) {
+        p->retries++;
+        uint32_t wait = dp_backoff_ms(&pol->retry, p->tries_on_model,
+                                      retry_here ? retry_after : 0, dp_rand(&p->w->rnd));
+        dp__gov_event(p->w, p->req, SY_EVENT_RETRY, p->t, m, NULL, dp_outcome_label(o), wait);
+        if (wait == 0) {
+            next_attempt(p);
+            return;
+        }
+        p->timer = sy_xcalloc(1, sizeof(*p->timer));
+        p->timer->p = p;
+        uv_timer_init(&p->w->loop, &p->timer->t);
+        uv_timer_start(&p->timer->t, retry_timer_cb, wait, 0);
+        return;
+    }
+    if ((trig & pol->fallback_triggers) && p->chain_pos + 1 < p->n_chain) {
+        fall_back(p, dp_outcome_label(o));
+        next_attempt(p);
+        return;
+    }
+    restore_last(p);
+    relay_final(p, p->last_err, p->last_detail);
+}
+
+/* Put the kept answer of the last failed attempt back in place, to be relayed. */
+static void restore_last(struct proxy *p)
+{
+    sy_buf_free(&p->body);
+    sy_buf_free(&p->headers);
+    p->body = p->last_body;
+    p->headers = p->last_headers;
+    p->last_body = p->last_headers = (struct sy_buf)SY_BUF_INIT;
+    p->status = p->last_status;
+    p->ctype = p->last_ctype;
+}
+
+static void fall_back(struct proxy *p, const char *why)
+{
+    const struct sy_model *from = &p->t->models[p->chain[p->chain_pos]];
+    p->chain_pos++;
+    p->tries_on_model = 0;
+    p->excluded = p->skipped = 0;
+    p->targets = NULL; /* the next model's own targets */
+    p->fallbacks++;
+    dp__gov_event(p->w, p->req, SY_EVENT_FALLBACK, p->t, from,
+                  &p->t->models[p->chain[p->chain_pos]], why, 0);
+}
+
+/* An attempt ended before the stream was committed, or a committed stream broke. */
+static void attempt_failed_or_cut(struct proxy *p, enum dp_upstream_error err, const char *detail)
+{
+    if (p->committed) {
+        stream_cut(p, err, detail);
+        return;
+    }
+    enum dp_outcome o = dp_classify(err, p->status, NULL, 0, false);
+    attempt_end(p, o);
+    after_failure(p, o, err, detail);
 }
 
 static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
@@ -393,56 +772,34 @@ static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
     struct proxy *p = ud;
     struct sy_http_request *req = p->req;
     p->up = NULL;
+    if (err != DP_UE_NONE) {
+        attempt_failed_or_cut(p, err, detail);
+        return;
+    }
     if (p->sse) {
-        if (err == DP_UE_NONE) {
-            /* A stream that ends without its final blank line: pass the tail on as it is. */
-            if (sy_sse_pending(&p->sse_parser))
-                sy_http_resp_write(req, p->sse_parser.pending.data, p->sse_parser.pending.len);
+        /* A stream that ends without its final blank line: pass the tail on as it is. */
+        if (sy_sse_pending(&p->sse_parser))
+            sy_buf_append(&p->body, p->sse_parser.pending.data, p->sse_parser.pending.len);
+        attempt_end(p, DP_OUT_SUCCESS);
+        if (!p->committed && stream_commit(p) < 0) {
             proxy_release(p);
-            sy_http_resp_end(req);
+            sy_http_resp_abort(req);
             return;
         }
-        /* Content may have reached the client: say what happened in its own format, then cut
-         * the stream so it cannot be mistaken for a complete answer. */
-        struct sy_buf ev = SY_BUF_INIT;
-        const char *msg = detail ? detail : dp_upstream_error_message(err);
-        sy_buf_puts(&ev, "data: {\"error\":{\"message\":");
-        sy_buf_json_str(&ev, msg, strlen(msg));
-        sy_buf_printf(&ev, ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
-                      dp_upstream_error_name(err));
-        sy_http_resp_write(req, ev.data, ev.len);
-        sy_buf_free(&ev);
-        sy_log(SY_LOG_WARN, "proxy", "request=%s deployment=%s stream cut: %s", req->id,
-               p->dep->name, dp_upstream_error_name(err));
+        if (p->body.len)
+            sy_http_resp_write(req, p->body.data, p->body.len);
         proxy_release(p);
-        sy_http_resp_abort(req);
+        sy_http_resp_end(req);
         return;
     }
-    if (err != DP_UE_NONE) {
-        sy_log(SY_LOG_WARN, "proxy", "request=%s deployment=%s upstream failed: %s%s%s", req->id,
-               p->dep->name, dp_upstream_error_name(err), detail ? ": " : "",
-               detail ? detail : "");
-        proxy_release(p);
-        if (detail)
-            sy_http_resp_error(req, dp_upstream_error_status(err), "upstream_error",
-                          dp_upstream_error_name(err), NULL, "%s: %s",
-                          dp_upstream_error_message(err), detail);
-        else
-            sy_http_resp_error(req, dp_upstream_error_status(err), "upstream_error",
-                          dp_upstream_error_name(err), NULL, "%s", dp_upstream_error_message(err));
+    enum dp_outcome o = dp_classify(DP_UE_NONE, p->status, p->body.data, p->body.len,
+                                    p->status == 200);
+    attempt_end(p, o);
+    if (o == DP_OUT_SUCCESS || o == DP_OUT_CLIENT_ERROR) {
+        relay_final(p, DP_UE_NONE, NULL);
         return;
     }
-    /* The buffered answer, relayed faithfully: status, type, headers, body. */
-    struct sy_buf body = p->body, headers = p->headers;
-    p->body = p->headers = (struct sy_buf)SY_BUF_INIT;
-    const char *ctype = p->ctype ? p->ctype : "application/json";
-    int status = p->status;
-    proxy_release(p);
-    /* The arena (and ctype in it) lives until the request ends inside sy_http_resp_send. */
-    sy_http_resp_send(req, status, ctype, headers.len ? headers.data : NULL, body.data ? body.data : "",
-                 body.len);
-    sy_buf_free(&body);
-    sy_buf_free(&headers);
+    after_failure(p, o, DP_UE_NONE, NULL);
 }
 
 static const struct dp_upstream_cbs upstream_cbs = {
@@ -452,7 +809,7 @@ static const struct dp_upstream_cbs upstream_cbs = {
 };
 
 /* ============================================================================================
- * Building the upstream request
+ * Starting attempts
  * ========================================================================================== */
 
 static void url_encode(struct sy_buf *b, const char *s)
@@ -475,6 +832,7 @@ static void build_upstream_head(struct proxy *p)
     const struct sy_deployment *d = p->dep;
     struct sy_buf *h = &p->up_head;
     char sep = '?';
+    sy_buf_reset(h);
     sy_buf_puts(h, "POST ");
     sy_buf_puts(h, d->origin.path_prefix);
     if (d->format == SY_FORMAT_AZURE) {
@@ -512,22 +870,247 @@ static uint32_t pick_or_default(uint32_t v, uint32_t dflt)
     return v ? v : dflt;
 }
 
-/* Choose a deployment among the model's enabled targets, by weight, in turn. */
-static const struct sy_deployment *pick_target(struct sy_http_request *req, const struct sy_model *m)
+/* Start an attempt on target <ti> of the current target set. */
+static void start_attempt(struct proxy *p, const struct sy_target *targets, int ti)
 {
-    const struct sy_table *t = dp__req_table(req);
-    if (m->total_weight == 0)
-        return NULL;
-    uint64_t x = dp__req_worker(req)->rr++ % m->total_weight;
-    for (uint32_t i = 0; i < m->n_targets; i++) {
-        const struct sy_deployment *d = &t->deployments[m->targets[i].deployment];
-        if (!d->enabled)
-            continue;
-        if (x < m->targets[i].weight)
-            return d;
-        x -= m->targets[i].weight;
+    const struct sy_deployment *d = &p->t->deployments[targets[ti].deployment];
+    const struct dp_config *cfg = p->w->cfg;
+    p->dep = d;
+    p->target_index = (uint32_t)ti;
+    p->tries_on_model++;
+    p->status = 0;
+    p->ctype = NULL;
+    p->sse = false;
+    p->has_content = false;
+    p->retry_after_ms = 0;
+    p->ttfb_ns = 0;
+    sy_buf_reset(&p->body);
+    sy_buf_reset(&p->headers);
+    sy_sse_free(&p->sse_parser);
+    p->timeouts = (struct sy_timeouts){
+        .connect_ms = pick_or_default(d->timeouts.connect_ms, cfg->upstream_timeouts.connect_ms),
+        .first_byte_ms =
+            pick_or_default(d->timeouts.first_byte_ms, cfg->upstream_timeouts.first_byte_ms),
+        .idle_ms = pick_or_default(d->timeouts.idle_ms, cfg->upstream_timeouts.idle_ms),
+        .total_ms = pick_or_default(d->timeouts.total_ms, cfg->upstream_timeouts.total_ms),
+    };
+    if (p->timeout_override_ms) {
+        p->timeouts.total_ms = p->timeout_override_ms;
+        p->timeouts.first_byte_ms = SY_MIN(p->timeouts.first_byte_ms, p->timeout_override_ms);
     }
-    return NULL;
+
+    struct dp_rewrite rw = {
+        .model = d->model,
+        .model_len = strlen(d->model),
+        .force_include_usage = p->stream,
+    };
+    struct dp_rewrite_info info;
+    sy_buf_reset(&p->up_body);
+    if (dp_rewrite_request(p->req->body.data, p->req->body.len, &rw, &p->up_body, &info) < 0) {
+        struct sy_http_request *req = p->req;
+        p->dep = NULL;
+        proxy_release(p);
+        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+                           "The request body could not be rewritten for the provider.");
+        return;
+    }
+    p->client_usage = info.client_include_usage;
+    build_upstream_head(p);
+    const struct sy_model *m = &p->t->models[p->chain[p->chain_pos]];
+    int g = dp__gov_attempt_start(p->w, d, m, p->est_cost_tokens, &p->probe);
+    if (g < 0) {
+        /* Another worker took the last of its capacity since we picked it: pick again. */
+        p->dep = NULL;
+        p->tries_on_model--;
+        if (g == -EAGAIN)
+            p->nocap.rate_limited++;
+        else
+            p->nocap.circuit_open++;
+        if (p->target_index < 64)
+            p->skipped |= 1ull << p->target_index;
+        next_attempt(p);
+        return;
+    }
+    p->attempt_ns = sy_now_ns();
+    p->up_bufs[0] = uv_buf_init(p->up_head.data, (unsigned)p->up_head.len);
+    p->up_bufs[1] = uv_buf_init(p->up_body.data, (unsigned)p->up_body.len);
+    int r = dp_upstream_start(p->w->upstream, &d->origin, &p->timeouts, p->up_bufs, 2,
+                              &upstream_cbs, p, &p->up);
+    if (r < 0) {
+        /* Not even started (out of resources): as if the connection failed. */
+        attempt_end(p, DP_OUT_CONNECT);
+        after_failure(p, DP_OUT_CONNECT, DP_UE_CONNECT_FAILED, strerror(-r));
+    }
+}
+
+static bool admits(void *ud, const struct sy_deployment *d, bool *near_limit)
+{
+    struct proxy *p = ud;
+    uint32_t retry_after = 0;
+    enum dp_gov_refusal why =
+        dp__gov_admits(p->w, p->t, d, &p->t->models[p->chain[p->chain_pos]], p->est_cost_tokens,
+                       near_limit, &retry_after);
+    if (why == DP_GOV_RATE_LIMITED) {
+        p->nocap.rate_limited++;
+        if (!p->nocap.retry_after_ms || retry_after < p->nocap.retry_after_ms)
+            p->nocap.retry_after_ms = retry_after;
+    } else if (why == DP_GOV_CIRCUIT_OPEN) {
+        p->nocap.circuit_open++;
+    }
+    return why == DP_GOV_ADMITTED;
+}
+
+static uint64_t inflight(void *ud, const struct sy_deployment *d)
+{
+    struct proxy *p = ud;
+    return dp__gov_inflight(p->w, d);
+}
+
+static uint64_t ttfb_us(void *ud, const struct sy_deployment *d)
+{
+    struct proxy *p = ud;
+    return dp__gov_ttfb_us(p->w, d);
+}
+
+/* Answer when no model of the chain had a deployment to try. */
+static void no_deployment(struct proxy *p)
+{
+    struct sy_http_request *req = p->req;
+    const char *name = p->t->models[p->chain[0]].name;
+    if (p->last_status || p->last_err) {
+        /* Something was tried: its answer is more useful than ours. */
+        restore_last(p);
+        relay_final(p, p->last_err, p->last_detail);
+        return;
+    }
+    struct no_capacity nc = p->nocap;
+    proxy_release(p);
+    if (nc.rate_limited) {
+        uint32_t secs = (nc.retry_after_ms + 999) / 1000;
+        char extra[64];
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", secs ? secs : 1);
+        char body[512];
+        snprintf(body, sizeof(body),
+                 "{\"error\":{\"message\":\"Rate limit reached for model `%s`: every deployment "
+                 "that can serve it is at its limit. Retry after %u s.\",\"type\":\"requests\","
+                 "\"param\":null,\"code\":\"rate_limit_exceeded\"}}\n",
+                 name, secs ? secs : 1);
+        dp__gov_event(p->w, req, SY_EVENT_RATE_LIMITED, p->t, &p->t->models[p->chain[0]], NULL,
+                      "every deployment at its limit", 0);
+        sy_http_resp_send(req, 429, "application/json", extra, body, strlen(body));
+        return;
+    }
+    sy_http_resp_error(req, 503, "service_unavailable", "no_healthy_deployment", "model",
+                       "The model `%s` has no deployment that can take the request now%s.", name,
+                       nc.circuit_open ? " (circuit breakers open)" : "");
+}
+
+/* Try the next deployment of the current model, or the next model of the chain. */
+static void next_attempt(struct proxy *p)
+{
+    while (p->chain_pos < p->n_chain) {
+        const struct sy_model *m = &p->t->models[p->chain[p->chain_pos]];
+        const struct sy_policy *pol = policy_of(m);
+        const struct sy_target *targets = p->targets ? p->targets : m->targets;
+        uint32_t n = p->targets ? p->n_targets : m->n_targets;
+        if (p->tries_on_model < pol->retry.attempts) {
+            struct dp_pick_env env = {admits, inflight, ttfb_us, p};
+            uint64_t rnd = dp_rand(&p->w->rnd);
+            int ti = dp_pick(p->t, targets, n, pol->balance, p->excluded | p->skipped, &env, rnd,
+                             p->w->rr++);
+            /* Every healthy target failed once already: a retry may go to one of them again. */
+            if (ti < 0 && p->excluded)
+                ti = dp_pick(p->t, targets, n, pol->balance, p->skipped, &env, rnd, p->w->rr++);
+            if (ti >= 0) {
+                start_attempt(p, targets, ti);
+                return;
+            }
+        }
+        if (p->chain_pos + 1 >= p->n_chain)
+            break;
+        fall_back(p, p->tries_on_model ? "attempts_exhausted" : "no_capacity");
+    }
+    no_deployment(p);
+}
+
+/* The chain of models to try: <m>, then its fallbacks, then theirs, each at most once. */
+static void build_chain(struct proxy *p, uint32_t m)
+{
+    p->n_chain = 0;
+    uint32_t queue[SY_ARRAY_LEN(p->chain)];
+    uint32_t qn = 0;
+    queue[qn++] = m;
+    for (uint32_t qi = 0; qi < qn && p->n_chain < SY_ARRAY_LEN(p->chain); qi++) {
+        uint32_t cur = queue[qi];
+        bool seen = false;
+        for (uint32_t k = 0; k < p->n_chain && !seen; k++)
+            seen = p->chain[k] == cur;
+        if (seen)
+            continue;
+        p->chain[p->n_chain++] = cur;
+        const struct sy_policy *pol = &p->t->models[cur].policy;
+        for (uint32_t f = 0; f < pol->n_fallbacks && qn < SY_ARRAY_LEN(queue); f++)
+            queue[qn++] = pol->fallbacks[f];
+    }
+}
+
+/* What routing rules look at, read from the parsed body. */
+static void route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
+{
+    json_t *msgs = json_object_get(root, "messages");
+    json_t *tools = json_object_get(root, "tools");
+    ctx->has_tools = (json_is_array(tools) && json_array_size(tools) > 0) ||
+                     json_object_get(root, "functions");
+    ctx->est_tokens = 0;
+    if (json_is_array(msgs)) {
+        size_t i;
+        json_t *msg;
+        ctx->n_messages = (uint32_t)json_array_size(msgs);
+        json_array_foreach(msgs, i, msg)
+        {
+            const char *role = json_string_value(json_object_get(msg, "role"));
+            json_t *content = json_object_get(msg, "content");
+            bool user = role && strcmp(role, "user") == 0;
+            ctx->n_user_turns += user;
+            if (json_is_string(content)) {
+                ctx->est_tokens += dp_estimate_tokens(json_string_value(content),
+                                                      json_string_length(content));
+                if (user) {
+                    ctx->text = json_string_value(content);
+                    ctx->text_len = json_string_length(content);
+                }
+            } else if (json_is_array(content)) {
+                size_t j;
+                json_t *part;
+                json_array_foreach(content, j, part)
+                {
+                    const char *type = json_string_value(json_object_get(part, "type"));
+                    json_t *text = json_object_get(part, "text");
+                    if (type && (strcmp(type, "image_url") == 0 || strcmp(type, "image") == 0))
+                        ctx->has_images = true;
+                    if (json_is_string(text)) {
+                        ctx->est_tokens +=
+                            dp_estimate_tokens(json_string_value(text), json_string_length(text));
+                        if (user) {
+                            ctx->text = json_string_value(text);
+                            ctx->text_len = json_string_length(text);
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        json_t *prompt = json_object_get(root, "prompt");
+        if (!prompt)
+            prompt = json_object_get(root, "input");
+        if (json_is_string(prompt)) {
+            ctx->text = json_string_value(prompt);
+            ctx->text_len = json_string_length(prompt);
+            ctx->est_tokens = dp_estimate_tokens(ctx->text, ctx->text_len);
+        }
+        ctx->n_messages = 1;
+        ctx->n_user_turns = 1;
+    }
 }
 
 static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
@@ -600,66 +1183,69 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
         json_decref(root);
         return;
     }
-    json_decref(root);
-
-    const struct sy_deployment *d = pick_target(req, m);
-    if (!d) {
-        sy_http_resp_error(req, 503, "service_unavailable", "no_deployment", "model",
-                      "The model `%s` has no enabled deployment.", m->name);
-        return;
-    }
-    if (d->format == SY_FORMAT_ANTHROPIC) {
-        sy_http_resp_error(req, 501, "not_implemented", "format_not_supported", NULL,
-                      "Deployment `%s` speaks the Anthropic format, which this gateway cannot "
-                      "translate yet.",
-                      d->name);
-        return;
-    }
-
     struct proxy *p = sy_arena_alloc(&req->arena, sizeof(*p));
     memset(p, 0, sizeof(*p));
     p->req = req;
+    p->w = dp__req_worker(req);
+    p->t = dp__req_table(req);
     p->key = key;
-    p->dep = d;
     p->ep = ep;
     p->stream = stream;
-    const struct dp_config *cfg = dp__req_worker(req)->cfg;
-    p->timeouts = (struct sy_timeouts){
-        .connect_ms = pick_or_default(d->timeouts.connect_ms, cfg->upstream_timeouts.connect_ms),
-        .first_byte_ms =
-            pick_or_default(d->timeouts.first_byte_ms, cfg->upstream_timeouts.first_byte_ms),
-        .idle_ms = pick_or_default(d->timeouts.idle_ms, cfg->upstream_timeouts.idle_ms),
-        .total_ms = pick_or_default(d->timeouts.total_ms, cfg->upstream_timeouts.total_ms),
-    };
 
-    struct dp_rewrite rw = {
-        .model = d->model,
-        .model_len = strlen(d->model),
-        .force_include_usage = stream,
-    };
-    struct dp_rewrite_info info;
-    if (dp_rewrite_request(req->body.data, req->body.len, &rw, &p->up_body, &info) < 0) {
-        proxy_release(p);
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_json", NULL,
-                      "The request body could not be rewritten for the provider.");
+    /* Routing rules look at the request only when the model has some: the parse of messages
+     * and the classifier cost nothing otherwise. */
+    uint32_t mi = (uint32_t)(m - p->t->models);
+    struct dp_route_ctx ctx = {.req = req, .key = key, .complexity_milli = -1};
+    const struct sy_policy *pol = policy_of(m);
+    route_ctx_fill(&ctx, root);
+    json_t *jmax = json_object_get(root, "max_tokens");
+    if (!jmax)
+        jmax = json_object_get(root, "max_completion_tokens");
+    p->est_cost_tokens = ctx.est_tokens + (json_is_integer(jmax) && json_integer_value(jmax) > 0
+                                               ? (uint32_t)SY_MIN(json_integer_value(jmax),
+                                                                  1u << 24)
+                                               : 0);
+    uint32_t key_wait;
+    const char *key_limit = NULL;
+    if (!dp__gov_key_admits(p->w, key, p->est_cost_tokens, &key_wait, &key_limit)) {
+        json_decref(root);
+        uint32_t secs = (key_wait + 999) / 1000;
+        char extra[48], body[320];
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", secs ? secs : 1);
+        snprintf(body, sizeof(body),
+                 "{\"error\":{\"message\":\"Rate limit reached for this API key (%s). Retry "
+                 "after %u s.\",\"type\":\"requests\",\"param\":null,"
+                 "\"code\":\"rate_limit_exceeded\"}}\n",
+                 key_limit, secs ? secs : 1);
+        sy_http_resp_send(req, 429, "application/json", extra, body, strlen(body));
         return;
     }
-    p->client_usage = info.client_include_usage;
-    build_upstream_head(p);
+    const struct sy_rule *rule = pol->n_rules ? dp_route_rules(pol, &ctx) : NULL;
+    json_decref(root);
+    if (rule) {
+        if (rule->model >= 0) {
+            mi = (uint32_t)rule->model;
+        } else {
+            p->targets = rule->targets;
+            p->n_targets = rule->n_targets;
+        }
+        dp__gov_event(p->w, req, SY_EVENT_FALLBACK, p->t, m, &p->t->models[mi], rule->name, 0);
+    }
+    build_chain(p, mi);
+
+    /* A per-request timeout, within the operator's bound. */
+    size_t tl;
+    const char *tv = sy_http_req_header(req, "x-switchyard-timeout-ms", &tl);
+    uint64_t tms;
+    if (tv && policy_of(&p->t->models[mi])->max_timeout_ms && sy_parse_u64(tv, tl, &tms) && tms)
+        p->timeout_override_ms =
+            (uint32_t)SY_MIN(tms, (uint64_t)policy_of(&p->t->models[mi])->max_timeout_ms);
 
     req->handler = p;
     req->on_abort = proxy_abort;
     req->on_drain = proxy_drain;
-    p->up_bufs[0] = uv_buf_init(p->up_head.data, (unsigned)p->up_head.len);
-    p->up_bufs[1] = uv_buf_init(p->up_body.data, (unsigned)p->up_body.len);
-    int r = dp_upstream_start(dp__req_worker(req)->upstream, &d->origin, &p->timeouts, p->up_bufs,
-                              2, &upstream_cbs, p, &p->up);
-    if (r < 0) {
-        proxy_release(p);
-        req->on_abort = NULL;
-        sy_http_resp_error(req, 502, "upstream_error", "upstream_unavailable", NULL,
-                      "Could not start the request to the provider: %s.", strerror(-r));
-    }
+    dp__gov_request(p->w, policy_of(&p->t->models[mi]));
+    next_attempt(p);
 }
 
 /* ============================================================================================

@@ -4,12 +4,14 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cpclient.h"
 #include "worker.h"
 #include "sy/log.h"
+#include "sy/shm.h"
 #include "sy/table.h"
 #include "sy/util.h"
 #include "upstream.h"
@@ -116,6 +118,12 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
     int status = 1;
     w->cfg = c;
     w->index = index;
+    if (getrandom(&w->rnd, sizeof(w->rnd), 0) != sizeof(w->rnd) || w->rnd == 0)
+        w->rnd = sy_now_ns() | 1;
+    w->budget.at_ms = sy_now_ms();
+    w->shm = dp__node_shm;
+    if (w->shm)
+        sy_shm_worker_start(w->shm, index, getpid(), sy_now_ms());
     w->table = table;
     signal(SIGPIPE, SIG_IGN);
 

@@ -8,11 +8,14 @@
 #include <uv.h>
 
 #include "internal.h"
+#include "govern.h"
 #include "sy/http_server.h"
+#include "sy/shm-t.h"
 #include "sy/table-t.h"
 
 struct dp_upstream_ctx;
 struct dp_cpclient;
+struct sy_shm;
 
 /** A worker: one libuv loop, one HTTP server on the inherited listener, its routing table. */
 struct dp_worker {
@@ -26,8 +29,14 @@ struct dp_worker {
     uv_timer_t drain_timer;
     uint64_t drain_deadline_ms;
     bool draining;
-    uint64_t rr; /* round-robin counter for target choice */
+    uint64_t rr;  /* round-robin counter for target choice */
+    uint64_t rnd; /* xorshift state for weighted choice and jitter */
     struct dp_cpclient *cp; /* control-plane client (cpclient.c), NULL without --control-socket */
+    struct sy_shm *shm;     /* the node's shared memory (NULL: governance state is not shared) */
+    struct {
+        double requests, retries; /* halved every 5 s */
+        uint64_t at_ms;
+    } budget;
 };
 
 /** The worker a request arrived on. */
@@ -45,6 +54,49 @@ static inline const struct sy_table *dp__req_table(const struct sy_http_request 
 /** Make <t> (takes the reference) the table new requests begin on; the old one is freed when
  * the last request holding it ends. */
 void dp__worker_set_table(struct dp_worker *w, struct sy_table *t);
+
+/* ---- governor.c: the node-wide governance state ------------------------------------------- */
+
+enum dp_gov_refusal {
+    DP_GOV_ADMITTED = 0,
+    DP_GOV_CIRCUIT_OPEN, /* its circuit breaker does not admit traffic now */
+    DP_GOV_RATE_LIMITED, /* at its rpm, tpm or concurrency limit */
+    DP_GOV_UNSUPPORTED,  /* a format this build cannot speak */
+    DP_GOV_REFUSAL_MAX,
+};
+
+/** May client key <k> (may be NULL) make a request of about <est_tokens> now? Takes from its
+ * rpm/tpm limiters; when refused sets *<retry_after_ms> and *<which> ("requests per minute"). */
+bool dp__gov_key_admits(struct dp_worker *w, const struct sy_key *k, uint32_t est_tokens,
+                        uint32_t *retry_after_ms, const char **which);
+/** Count a request against the retry budget of <w>. */
+void dp__gov_request(struct dp_worker *w, const struct sy_policy *pol);
+/** May a retry happen now (retries stay under pol->retry.budget_percent of requests)? Counts
+ * the retry when it may. */
+bool dp__gov_retry_allowed(struct dp_worker *w, const struct sy_policy *pol);
+/** Could deployment <d> of model <m> take a request now? Sets *<near_limit> above the shed share
+ * and *<retry_after> (ms) when rate-limited. Changes no state. */
+enum dp_gov_refusal dp__gov_admits(struct dp_worker *w, const struct sy_table *t,
+                                   const struct sy_deployment *d, const struct sy_model *m,
+                                   uint32_t est_tokens, bool *near_limit, uint32_t *retry_after);
+/** An attempt begins on <d>: take its rate tokens, a circuit probe if half open, raise its
+ * in-flight count. Returns 0, or -EAGAIN (rate limited) / -EBUSY (circuit) when another worker
+ * got there first; then nothing is held. *<probe> must go back to dp__gov_attempt_done. */
+int dp__gov_attempt_start(struct dp_worker *w, const struct sy_deployment *d,
+                          const struct sy_model *m, uint32_t est_tokens, bool *probe);
+/** The attempt on <d> ended with <o>: circuit, counters, latency, decision log. */
+void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
+                          const struct sy_deployment *d, const struct sy_model *m,
+                          enum dp_outcome o, bool probe, uint32_t retry_after_ms,
+                          uint64_t ttfb_ns, uint64_t total_ns, const struct sy_http_request *req,
+                          uint32_t attempt, int status);
+/** Requests in flight on <d> across the node; its recent time to first byte (µs). */
+uint64_t dp__gov_inflight(struct dp_worker *w, const struct sy_deployment *d);
+uint64_t dp__gov_ttfb_us(struct dp_worker *w, const struct sy_deployment *d);
+/** A decision worth the log: a retry, a fallback, a rule's route, a rejection. */
+void dp__gov_event(struct dp_worker *w, const struct sy_http_request *req, enum sy_event_kind kind,
+                   const struct sy_table *t, const struct sy_model *from,
+                   const struct sy_model *to, const char *why, uint32_t ms);
 
 /** Handle a complete request (proxy.c). Must end it with sy_http_resp_end/abort/send/error, or
  * be told through on_abort that the client left. */

@@ -782,3 +782,27 @@ def test_a_worker_silent_for_15_seconds_is_dropped(stack):
     assert "silent for" in stack.cp.log()
     # the real workers, which answer, are still there
     assert stack.dp.chat("base")[0] == 200
+
+
+def test_a_policy_written_through_the_api_governs_the_data_plane(stack):
+    """A fallback chain set with the admin API: the primary fails, the backup answers."""
+    cp, dp, mock = stack.cp, stack.dp, stack.mock
+    for name, upstream in (("prim", "prim-up"), ("back", "back-up")):
+        status, _, body = cp.admin("POST", "/deployments",
+                                {"name": name, "provider": "mock", "model": upstream})
+        assert status == 201, body
+    status, _, body = cp.admin("POST", "/models", {
+        "name": "backup-model", "targets": [{"deployment": "back"}]})
+    assert status == 201, body
+    status, _, body = cp.admin("POST", "/models", {
+        "name": "governed", "targets": [{"deployment": "prim"}], "fallbacks": ["backup-model"],
+        "policy": {"retry": {"attempts": 1}}})
+    assert status == 201, body
+    wait_served(dp, "governed")
+    mock.config({"by_model": {"prim-up": {"status": 500}}})
+    status, headers, body = dp.request("POST", "/v1/chat/completions", {
+        "model": "governed", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert status == 200, body
+    assert headers["x-switchyard-model"] == "backup-model"
+    assert headers["x-switchyard-trace"].startswith("prim;500;")
