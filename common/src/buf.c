@@ -33,6 +33,26 @@ void sy_buf_puts(struct sy_buf *b, const char *s)
     sy_buf_append(b, s, strlen(s));
 }
 
+void sy_buf_putu(struct sy_buf *b, unsigned long long v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sy_buf_append(b, tmp + i, sizeof(tmp) - i);
+}
+
+void sy_buf_cat(struct sy_buf *b, ...)
+{
+    va_list ap;
+    va_start(ap, b);
+    for (const char *s = va_arg(ap, const char *); s; s = va_arg(ap, const char *))
+        sy_buf_append(b, s, strlen(s));
+    va_end(ap);
+}
+
 /* The format attribute is repeated here so that clang's -Wformat-nonliteral (from -Wformat=2)
  * knows <fmt> is checked at the callers. */
 __attribute__((format(printf, 2, 0))) void sy_buf_vprintf(struct sy_buf *b, const char *fmt,

@@ -293,20 +293,25 @@ static void format_head(struct sy_http_conn *c, const struct sy_http_resp_head *
     struct sy_http_request *req = &c->req;
     struct sy_buf *o = &c->out;
     sy_buf_reset(o);
-    sy_buf_printf(o, "HTTP/1.1 %d %s\r\n", h->status, status_reason(h->status));
-    sy_buf_puts(o, date_header(c->srv));
+    req->resp_status = (uint16_t)h->status;
+    sy_buf_puts(o, "HTTP/1.1 ");
+    sy_buf_putu(o, (unsigned)h->status);
+    sy_buf_cat(o, " ", status_reason(h->status), "\r\n", date_header(c->srv), NULL);
     if (h->content_type)
-        sy_buf_printf(o, "Content-Type: %s\r\n", h->content_type);
-    if (h->content_length >= 0)
-        sy_buf_printf(o, "Content-Length: %lld\r\n", (long long)h->content_length);
-    else
+        sy_buf_cat(o, "Content-Type: ", h->content_type, "\r\n", NULL);
+    if (h->content_length >= 0) {
+        sy_buf_puts(o, "Content-Length: ");
+        sy_buf_putu(o, (unsigned long long)h->content_length);
+        sy_buf_puts(o, "\r\n");
+    } else {
         sy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+    }
     if (!req->keep_alive || c->srv->draining)
         sy_buf_puts(o, "Connection: close\r\n");
     else if (c->parser.http_minor == 0)
         sy_buf_puts(o, "Connection: keep-alive\r\n");
     if (req->id[0])
-        sy_buf_printf(o, "x-request-id: %s\r\n", req->id);
+        sy_buf_cat(o, "x-request-id: ", req->id, "\r\n", NULL);
     if (h->extra && h->extra_len)
         sy_buf_append(o, h->extra, h->extra_len);
     sy_buf_puts(o, "\r\n");

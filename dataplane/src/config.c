@@ -110,8 +110,9 @@ static const struct option_def options[] = {
      "last-known-good table: worker 0 writes each table from the control plane here (mode "
      "0600); read at start when --table is not given"},
     {"shm", "SWITCHYARD_SHM", OPT_STRING, OFF(shm_path), 0, 0,
-     "the node's shared-memory segment (circuits, rate limits, counters, decision log) that "
-     "the control plane reads; default /dev/shm/switchyard-<port>, removed at exit"},
+     "the node's shared-memory segment (circuits, rate limits, counters, decision log), a file "
+     "the control plane reads metrics and events from; default: an anonymous segment that "
+     "only the workers share"},
     {"encode-table", NULL, OPT_PAIR, OFF(encode_table), 0, 0,
      "IN OUT: write table file IN as msgpack to OUT and exit", true},
     {"help", NULL, OPT_FLAG, 0, 0, 0, "print this help and exit"},

@@ -111,8 +111,6 @@ enum dp_gov_refusal dp__gov_admits(struct dp_worker *w, const struct sy_table *t
                                    uint32_t est_tokens, bool *near_limit, uint32_t *retry_after)
 {
     *near_limit = false;
-    if (d->format == SY_FORMAT_ANTHROPIC)
-        return DP_GOV_UNSUPPORTED; /* until the translation lands */
     struct sy_shm_dep_state *st = dep_state(w, d);
     if (!st)
         return DP_GOV_ADMITTED;
@@ -273,6 +271,43 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
         snprintf(ev.text, sizeof(ev.text), "%s %s", d->name, dp_circuit_transition_label(tr));
         sy_shm_event_push(w->shm, &ev);
     }
+}
+
+void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct sy_deployment *d,
+                     const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
+                     uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns)
+{
+    if (!w->shm)
+        return;
+    /* Prices are per million tokens: tokens x price is the cost in millionths. */
+    uint64_t cost = d ? (uint64_t)((double)prompt_tokens * d->price.input +
+                                   (double)completion_tokens * d->price.output + 0.5)
+                      : 0;
+    struct sy_shm_counters *mc = m ? sy_shm_counters(w->shm, w->index, SY_SHM_MODEL, m->slot)
+                                   : NULL;
+    sy_shm_outcome(mc, o);
+    sy_shm_observe(sy_shm_hist(mc, SY_SHM_MODEL, SY_HIST_LATENCY), total_ns / 1000);
+    if (first_byte_ns)
+        sy_shm_observe(sy_shm_hist(mc, SY_SHM_MODEL, SY_HIST_TTFB), first_byte_ns / 1000);
+    struct sy_shm_counters *kc = k ? sy_shm_counters(w->shm, w->index, SY_SHM_KEY, k->slot)
+                                   : NULL;
+    sy_shm_outcome(kc, o);
+    struct sy_shm_counters *dc = d ? sy_shm_counters(w->shm, w->index, SY_SHM_DEPLOYMENT, d->slot)
+                                   : NULL;
+    struct sy_shm_counters *all[] = {mc, kc, dc};
+    for (size_t i = 0; i < SY_ARRAY_LEN(all); i++) {
+        if (prompt_tokens)
+            sy_shm_add(all[i], SY_CTR_PROMPT_TOKENS, prompt_tokens);
+        if (completion_tokens)
+            sy_shm_add(all[i], SY_CTR_COMPLETION_TOKENS, completion_tokens);
+        if (cost)
+            sy_shm_add(all[i], SY_CTR_COST_MICROS, cost);
+    }
+}
+
+enum sy_outcome dp__gov_outcome(enum dp_outcome o)
+{
+    return shm_outcome(o);
 }
 
 void dp__gov_event(struct dp_worker *w, const struct sy_http_request *req, enum sy_event_kind kind,

@@ -34,7 +34,7 @@ struct dp_config {
     char *node_id;         /* SWITCHYARD_NODE_ID, --node-id: this node in HELLOs (host name) */
     char *snapshot_path;   /* SWITCHYARD_SNAPSHOT, --snapshot: last-known-good table file */
     char *shm_path;        /* SWITCHYARD_SHM, --shm: the node's shared-memory segment file
-                            * (default /dev/shm/switchyard-<port>, removed at exit) */
+                            * the control plane attaches (default: anonymous) */
     char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */
 };
 

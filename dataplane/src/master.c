@@ -108,7 +108,6 @@ struct master {
     int status;                /* exit status of dp_master_run() */
     struct stat snapshot_seen; /* the snapshot file as last read, to read it again on change */
     unsigned port;             /* the port the listeners are bound to */
-    char *shm_default;         /* the segment file we named ourselves, removed at exit */
 };
 
 struct sy_shm *dp__node_shm;
@@ -625,21 +624,26 @@ static void create_shm(struct master *m)
 {
     char *err = NULL;
     const char *path = m->c->shm_path;
+    char tmp[64];
+    /* A slot per worker; a replacement reuses the slot of the worker it replaces. */
+    struct sy_shm_caps caps = {.max_workers = m->n_slots};
     if (!path) {
-        char buf[64];
-        snprintf(buf, sizeof(buf), "/dev/shm/switchyard-%u", m->port);
-        m->shm_default = sy_xstrdup(buf);
-        path = m->shm_default;
+        /* Nobody else will look for it: map it and remove the name at once, so nothing is
+         * left in /dev/shm whatever way this process ends. */
+        snprintf(tmp, sizeof(tmp), "/dev/shm/switchyard-%d", (int)getpid());
+        path = tmp;
     }
-    if (sy_shm_create(path, NULL, &dp__node_shm, &err) != 0) {
+    if (sy_shm_create(path, &caps, &dp__node_shm, &err) != 0) {
         sy_log(SY_LOG_ERROR, "master",
                "no shared memory (%s): circuits, rate limits and counters are per worker",
                err ? err : "cannot create the segment");
         free(err);
-        SY_FREE(m->shm_default);
         return;
     }
-    sy_log(SY_LOG_INFO, "master", "shared memory %s (%zu bytes)", path, dp__node_shm->size);
+    if (!m->c->shm_path)
+        unlink(tmp);
+    sy_log(SY_LOG_INFO, "master", "shared memory %s (%zu bytes)",
+           m->c->shm_path ? m->c->shm_path : "(anonymous)", dp__node_shm->size);
 }
 
 /* The table the workers start with: from --table (a bad one is fatal); else from the
@@ -821,10 +825,6 @@ out:
     if (dp__node_shm) {
         sy_shm_detach(dp__node_shm);
         dp__node_shm = NULL;
-    }
-    if (m.shm_default) {
-        unlink(m.shm_default);
-        free(m.shm_default);
     }
     free(m.slots);
     free(m.children);

@@ -4,6 +4,7 @@
  * usage), sent upstream, and its answer relayed: buffered for JSON, event by event for SSE. */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,12 +19,14 @@
 #include "sy/util.h"
 #include "classify.h"
 #include "govern.h"
+#include "translate.h"
 #include "upstream.h"
 
 enum endpoint {
     EP_CHAT = 0,
     EP_COMPLETIONS,
     EP_EMBEDDINGS,
+    EP_MESSAGES, /* Anthropic's Messages API */
     EP_MAX,
 };
 
@@ -36,7 +39,11 @@ static const struct {
     [EP_CHAT] = {"/v1/chat/completions", "/chat/completions", true, "messages"},
     [EP_COMPLETIONS] = {"/v1/completions", "/completions", true, "prompt"},
     [EP_EMBEDDINGS] = {"/v1/embeddings", "/embeddings", false, "input"},
+    [EP_MESSAGES] = {"/v1/messages", "/messages", true, "messages"},
 };
+
+/* Anthropic requires max_tokens; a request translated to it without one gets this. */
+#define DEFAULT_MAX_TOKENS 4096
 
 /* Largest buffered (non-stream) upstream body we relay. */
 #define MAX_UPSTREAM_BODY (64u * 1024 * 1024)
@@ -66,8 +73,12 @@ struct proxy {
     const struct sy_table *t;
     const struct sy_key *key; /* the client key, NULL when the table requires none */
     enum endpoint ep;
+    enum dp_api api;   /* the client's */
+    enum dp_api up_api; /* the current attempt's deployment's */
     bool stream;
     bool client_usage; /* the client asked for the usage chunk itself */
+    json_t *root;      /* the parsed request, for translating it to another format */
+    const char *client_model; /* the model the client asked for (arena) */
     uint32_t est_cost_tokens; /* estimated prompt tokens plus max_tokens, for TPM limits */
     uint32_t timeout_override_ms;
 
@@ -93,7 +104,7 @@ struct proxy {
     uint64_t attempt_ns, ttfb_ns;
     struct dp_upstream *up;
     int status;
-    char *ctype; /* upstream Content-Type (arena) */
+    const char *ctype; /* upstream Content-Type (arena) */
     uint32_t retry_after_ms;
     bool sse;         /* the upstream answers with an event stream */
     bool has_content; /* ...and it has carried content */
@@ -106,17 +117,24 @@ struct proxy {
     struct sy_buf body;    /* buffered upstream body, or SSE events not yet written */
     struct sy_buf headers; /* upstream response headers we pass on */
     struct sy_sse_parser sse_parser;
+    struct dp_tr_stream tr; /* an event stream from a deployment of another format */
+    bool tr_active;
     uv_buf_t up_bufs[2]; /* head and body, borrowed by the upstream client until done */
 
     /* the answer of the last failed attempt, relayed if nothing better comes */
     int last_status;
-    char *last_ctype;
+    const char *last_ctype;
     enum dp_upstream_error last_err;
     char *last_detail;
     struct sy_buf last_body, last_headers;
 
     struct trace_rec trace[12];
     uint32_t n_trace, n_trace_dropped;
+
+    /* accounting */
+    struct dp_usage usage;  /* what the provider reported for the answer */
+    uint64_t first_ns;      /* when the client got its first byte (head) */
+    bool cut;               /* a stream ended by an error after content went out */
 };
 
 static void next_attempt(struct proxy *p);
@@ -137,6 +155,52 @@ static void send_json(struct sy_http_request *req, int status, const char *json)
 {
     sy_http_resp_send(req, status, "application/json", NULL, json, strlen(json));
 }
+
+/* The API a client speaks, from the endpoint it called. */
+static enum dp_api req_api(const struct sy_http_request *req)
+{
+    return strcmp(req->path, endpoints[EP_MESSAGES].path) == 0 ? DP_API_ANTHROPIC : DP_API_OPENAI;
+}
+
+/* Answer an error in the shape of the client's API: OpenAI's {"error":{...}} or Anthropic's
+ * {"type":"error","error":{...}}, with extra header lines <extra> (may be NULL). */
+__attribute__((format(printf, 7, 8))) static void
+api_error_h(struct sy_http_request *req, const char *extra, int status, const char *type,
+            const char *code, const char *param, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    struct sy_buf b = SY_BUF_INIT;
+    if (req_api(req) == DP_API_ANTHROPIC) {
+        /* Anthropic's error type follows the status (authentication_error for 401,
+         * rate_limit_error for 429...); OpenAI's types mean other things there. */
+        dp_tr_gateway_error(DP_API_ANTHROPIC, status, status == 400 ? type : NULL, code, msg,
+                            &b);
+    } else {
+        sy_buf_puts(&b, "{\"error\":{\"message\":");
+        sy_buf_json_str(&b, msg, strlen(msg));
+        sy_buf_puts(&b, ",\"type\":");
+        sy_buf_json_str(&b, type, strlen(type));
+        sy_buf_puts(&b, ",\"param\":");
+        if (param)
+            sy_buf_json_str(&b, param, strlen(param));
+        else
+            sy_buf_puts(&b, "null");
+        sy_buf_puts(&b, ",\"code\":");
+        if (code)
+            sy_buf_json_str(&b, code, strlen(code));
+        else
+            sy_buf_puts(&b, "null");
+        sy_buf_puts(&b, "}}\n");
+    }
+    sy_http_resp_send(req, status, "application/json", extra, b.data, b.len);
+    sy_buf_free(&b);
+}
+
+#define api_error(req, ...) api_error_h((req), NULL, __VA_ARGS__)
 
 static void method_not_allowed(struct sy_http_request *req, const char *allow)
 {
@@ -206,7 +270,7 @@ static bool authenticate(struct sy_http_request *req, const struct sy_key **out)
         return true;
     const char *key = presented_key(req, &len);
     if (key == NULL) {
-        sy_http_resp_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
+        api_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
                            "You didn't provide an API key. You need to provide your API key in "
                            "an Authorization header using Bearer auth (i.e. Authorization: "
                            "Bearer YOUR_KEY), or in an x-api-key header.");
@@ -228,7 +292,7 @@ static bool authenticate(struct sy_http_request *req, const struct sy_key **out)
             shown[i] = key[i] > 0x20 && key[i] < 0x7f ? key[i] : '?';
         shown[n] = '\0';
     }
-    sy_http_resp_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
+    api_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
                        "Incorrect API key provided: %s\u2026%s", shown,
                        k ? " This key has expired." : "");
     return false;
@@ -240,7 +304,7 @@ static bool key_allows(struct sy_http_request *req, const struct sy_key *k, cons
 {
     if (k == NULL || sy_key_allows_model(k, model, len))
         return true;
-    sy_http_resp_error(req, 403, "permission_denied", "model_not_allowed", "model",
+    api_error(req, 403, "permission_denied", "model_not_allowed", "model",
                        "This API key is not allowed to use the model `%.*s`.", (int)len, model);
     return false;
 }
@@ -327,6 +391,14 @@ static void proxy_release(struct proxy *p)
     sy_buf_free(&p->last_body);
     sy_buf_free(&p->last_headers);
     sy_sse_free(&p->sse_parser);
+    if (p->tr_active) {
+        if (dp_tr_stream_usage(&p->tr)->present)
+            p->usage = *dp_tr_stream_usage(&p->tr);
+        dp_tr_stream_free(&p->tr);
+        p->tr_active = false;
+    }
+    json_decref(p->root);
+    p->root = NULL;
     if (p->timer) {
         p->timer->p = NULL; /* its callback frees it */
         uv_timer_stop(&p->timer->t);
@@ -374,14 +446,16 @@ static bool hop_header(const char *name, size_t len)
 static void trace_item(struct proxy *p, struct sy_buf *h, uint32_t dep, enum dp_outcome o,
                        int status, uint32_t ms, bool first)
 {
-    sy_buf_printf(h, "%s%s;", first ? "" : ", ", p->t->deployments[dep].name);
+    sy_buf_cat(h, first ? "" : ", ", p->t->deployments[dep].name, ";", NULL);
     if (status && (o == DP_OUT_SUCCESS || o == DP_OUT_CLIENT_ERROR ||
                    o == DP_OUT_RATE_LIMITED || o == DP_OUT_SERVER_ERROR ||
                    o == DP_OUT_CONTEXT_LENGTH))
-        sy_buf_printf(h, "%d", status);
+        sy_buf_putu(h, (unsigned)status);
     else
         sy_buf_puts(h, dp_outcome_label(o));
-    sy_buf_printf(h, ";%ums", ms);
+    sy_buf_puts(h, ";");
+    sy_buf_putu(h, ms);
+    sy_buf_puts(h, "ms");
 }
 
 /* Our own headers on every answer: the model that served it, the deployment that answered, and
@@ -393,8 +467,8 @@ static void add_trace_headers(struct proxy *p, struct sy_buf *h)
         return;
     const struct sy_table *t = p->t;
     uint32_t last = p->dep ? (uint32_t)(p->dep - t->deployments) : p->trace[p->n_trace - 1].dep;
-    sy_buf_printf(h, "x-switchyard-model: %s\r\nx-switchyard-deployment: %s\r\n",
-                  t->models[p->chain[p->chain_pos]].name, t->deployments[last].name);
+    sy_buf_cat(h, "x-switchyard-model: ", t->models[p->chain[p->chain_pos]].name,
+               "\r\nx-switchyard-deployment: ", t->deployments[last].name, "\r\n", NULL);
     sy_buf_puts(h, "x-switchyard-trace: ");
     for (uint32_t i = 0; i < p->n_trace; i++) {
         const struct trace_rec *r = &p->trace[i];
@@ -444,6 +518,7 @@ static int stream_commit(struct proxy *p)
         .content_length = -1,
     };
     p->committed = true;
+    p->first_ns = sy_now_ns();
     int r = sy_http_resp_start(p->req, &head);
     sy_buf_free(&h);
     if (r < 0)
@@ -481,6 +556,11 @@ static void on_head(struct dp_upstream *u, void *ud, int status, const struct dp
     if (p->stream && status == 200 && is_sse) {
         p->sse = true;
         sy_sse_init(&p->sse_parser, MAX_SSE_EVENT);
+        if (p->up_api != p->api) {
+            dp_tr_stream_init(&p->tr, p->up_api, p->api, p->client_model, p->req->id,
+                              p->client_usage);
+            p->tr_active = true;
+        }
     }
 }
 
@@ -537,10 +617,35 @@ static bool is_content_event(const struct sy_sse_event *ev)
     return content;
 }
 
+/* Anthropic events that carry content, for a stream relayed as it is. */
+static bool is_anthropic_content(const struct sy_sse_event *ev)
+{
+    static const char *const kinds[] = {"content_block_delta", "message_delta", "error"};
+    for (size_t i = 0; i < SY_ARRAY_LEN(kinds); i++)
+        if (sy_strcaseeq(ev->event, ev->event_len, kinds[i]))
+            return true;
+    return false;
+}
+
 static int on_event(void *ud, const struct sy_sse_event *ev)
 {
     struct proxy *p = ud;
+    if (p->tr_active) {
+        if (dp_tr_stream_event(&p->tr, ev, &p->body) < 0)
+            return -EPROTO;
+        p->has_content = p->has_content || dp_tr_stream_has_content(&p->tr);
+        return 0;
+    }
+    if (p->api == DP_API_ANTHROPIC) {
+        p->has_content = p->has_content || is_anthropic_content(ev);
+        if (sy_strcaseeq(ev->event, ev->event_len, "message_start") ||
+            sy_strcaseeq(ev->event, ev->event_len, "message_delta"))
+            dp_usage_from_json(DP_API_ANTHROPIC, ev->data, ev->data_len, &p->usage);
+        sy_buf_append(&p->body, ev->raw, ev->raw_len);
+        return 0;
+    }
     if (ev->data_len && is_usage_chunk(ev->data, ev->data_len)) {
+        dp_usage_from_json(DP_API_OPENAI, ev->data, ev->data_len, &p->usage);
         if (!p->client_usage)
             return 0; /* we asked for usage for our own accounting; the client did not */
     } else if (!p->committed && !p->has_content && is_content_event(ev)) {
@@ -571,7 +676,7 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
             p->status = 502;
             attempt_end(p, DP_OUT_MALFORMED);
             proxy_release(p);
-            sy_http_resp_error(p->req, 502, "upstream_error", "upstream_body_too_large", NULL,
+            api_error(p->req, 502, "upstream_error", "upstream_body_too_large", NULL,
                                "The provider's response is larger than %u bytes.",
                                MAX_UPSTREAM_BODY);
             return;
@@ -612,15 +717,27 @@ static void stream_cut(struct proxy *p, enum dp_upstream_error err, const char *
     struct sy_http_request *req = p->req;
     struct sy_buf ev = SY_BUF_INIT;
     const char *msg = detail ? detail : dp_upstream_error_message(err);
-    sy_buf_puts(&ev, "data: {\"error\":{\"message\":");
-    sy_buf_json_str(&ev, msg, strlen(msg));
-    sy_buf_printf(&ev, ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
-                  dp_upstream_error_name(err));
+    if (p->tr_active) {
+        dp_tr_stream_error(&p->tr, msg, dp_upstream_error_name(err), &ev);
+    } else if (p->api == DP_API_ANTHROPIC) {
+        struct dp_tr_stream tr;
+        dp_tr_stream_init(&tr, DP_API_ANTHROPIC, DP_API_ANTHROPIC, p->client_model, req->id,
+                          false);
+        dp_tr_stream_error(&tr, msg, dp_upstream_error_name(err), &ev);
+        dp_tr_stream_free(&tr);
+    } else {
+        sy_buf_puts(&ev, "data: {\"error\":{\"message\":");
+        sy_buf_json_str(&ev, msg, strlen(msg));
+        sy_buf_printf(&ev,
+                      ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
+                      dp_upstream_error_name(err));
+    }
     sy_http_resp_write(req, ev.data, ev.len);
     sy_buf_free(&ev);
     sy_log(SY_LOG_WARN, "proxy", "request=%s deployment=%s stream cut: %s", req->id,
            p->dep ? p->dep->name : "?", dp_upstream_error_name(err));
     attempt_end(p, DP_OUT_CUT);
+    p->cut = true;
     proxy_release(p);
     sy_http_resp_abort(req);
 }
@@ -635,20 +752,41 @@ static void relay_final(struct proxy *p, enum dp_upstream_error err, const char 
                dp_upstream_error_name(err), detail ? ": " : "", detail ? detail : "");
         struct sy_buf h = SY_BUF_INIT;
         add_trace_headers(p, &h);
-        char msg[768];
-        snprintf(msg, sizeof(msg), "%s%s%s", dp_upstream_error_message(err), detail ? ": " : "",
-                 detail ? detail : "");
-        struct sy_buf b = SY_BUF_INIT;
-        sy_buf_puts(&b, "{\"error\":{\"message\":");
-        sy_buf_json_str(&b, msg, strlen(msg));
-        sy_buf_printf(&b, ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n",
-                      dp_upstream_error_name(err));
-        int status = dp_upstream_error_status(err);
         proxy_release(p);
-        sy_http_resp_send(req, status, "application/json", h.len ? h.data : NULL, b.data, b.len);
-        sy_buf_free(&b);
+        api_error_h(req, h.len ? h.data : NULL, dp_upstream_error_status(err), "upstream_error",
+                    dp_upstream_error_name(err), NULL, "%s%s%s", dp_upstream_error_message(err),
+                    detail ? ": " : "", detail ? detail : "");
         sy_buf_free(&h);
         return;
+    }
+    p->first_ns = sy_now_ns();
+    if (p->up_api == p->api && p->status >= 200 && p->status < 300 && p->body.len)
+        dp_usage_from_json(p->api, p->body.data, p->body.len, &p->usage);
+    if (p->up_api != p->api) {
+        /* A deployment of the other format answered: the client gets its own format. */
+        struct sy_buf out = SY_BUF_INIT;
+        if (p->status >= 200 && p->status < 300) {
+            if (dp_tr_response(p->up_api, p->api, p->body.data ? p->body.data : "", p->body.len,
+                               p->client_model, &out, &p->usage) < 0) {
+                sy_buf_free(&out);
+                struct sy_buf h = SY_BUF_INIT;
+                add_trace_headers(p, &h);
+                proxy_release(p);
+                api_error_h(req, h.len ? h.data : NULL, 502, "upstream_error",
+                            "untranslatable_response", NULL,
+                            "The provider's answer could not be translated to this API.");
+                sy_buf_free(&h);
+                return;
+            }
+        } else {
+            int status = p->status;
+            dp_tr_error(p->up_api, p->api, p->status, p->body.data ? p->body.data : "",
+                        p->body.len, &out, &status);
+            p->status = status;
+        }
+        sy_buf_free(&p->body);
+        p->body = out;
+        p->ctype = "application/json";
     }
     struct sy_buf body = p->body, headers = p->headers;
     p->body = p->headers = (struct sy_buf)SY_BUF_INIT;
@@ -778,8 +916,10 @@ static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
     }
     if (p->sse) {
         /* A stream that ends without its final blank line: pass the tail on as it is. */
-        if (sy_sse_pending(&p->sse_parser))
+        if (sy_sse_pending(&p->sse_parser) && !p->tr_active)
             sy_buf_append(&p->body, p->sse_parser.pending.data, p->sse_parser.pending.len);
+        if (p->tr_active)
+            dp_tr_stream_end(&p->tr, &p->body);
         attempt_end(p, DP_OUT_SUCCESS);
         if (!p->committed && stream_commit(p) < 0) {
             proxy_release(p);
@@ -827,6 +967,17 @@ static void url_encode(struct sy_buf *b, const char *s)
     }
 }
 
+/* The path after the base URL: the client's endpoint, or its equivalent in the deployment's
+ * format (a chat in either format is /chat/completions or /messages). */
+static const char *upstream_suffix(const struct proxy *p)
+{
+    if (p->up_api == DP_API_ANTHROPIC)
+        return endpoints[EP_MESSAGES].suffix;
+    if (p->ep == EP_MESSAGES)
+        return endpoints[EP_CHAT].suffix;
+    return endpoints[p->ep].suffix;
+}
+
 static void build_upstream_head(struct proxy *p)
 {
     const struct sy_deployment *d = p->dep;
@@ -838,12 +989,12 @@ static void build_upstream_head(struct proxy *p)
     if (d->format == SY_FORMAT_AZURE) {
         sy_buf_puts(h, "/openai/deployments/");
         url_encode(h, d->model);
-        sy_buf_puts(h, endpoints[p->ep].suffix);
+        sy_buf_puts(h, upstream_suffix(p));
         sy_buf_puts(h, "?api-version=");
         url_encode(h, d->api_version ? d->api_version : "2024-10-21");
         sep = '&';
     } else {
-        sy_buf_puts(h, endpoints[p->ep].suffix);
+        sy_buf_puts(h, upstream_suffix(p));
     }
     if (d->auth_style == SY_AUTH_QUERY && d->api_key) {
         sy_buf_append(h, &sep, 1);
@@ -851,17 +1002,21 @@ static void build_upstream_head(struct proxy *p)
         sy_buf_puts(h, "=");
         url_encode(h, d->api_key);
     }
-    sy_buf_printf(h, " HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nAccept: %s\r\nUser-Agent: switchyard/" SY_VERSION
-                     "\r\nX-Request-Id: %s\r\n",
-                  d->origin.host_header, p->up_body.len,
-                  p->stream ? "text/event-stream" : "application/json", p->req->id);
+    sy_buf_cat(h, " HTTP/1.1\r\nHost: ", d->origin.host_header,
+               "\r\nContent-Type: application/json\r\nContent-Length: ", NULL);
+    sy_buf_putu(h, p->up_body.len);
+    sy_buf_cat(h, "\r\nAccept: ", p->stream ? "text/event-stream" : "application/json",
+               "\r\nUser-Agent: switchyard/" SY_VERSION "\r\nX-Request-Id: ", p->req->id, "\r\n",
+               NULL);
     if (d->api_key && d->auth_style == SY_AUTH_BEARER)
-        sy_buf_printf(h, "Authorization: Bearer %s\r\n", d->api_key);
+        sy_buf_cat(h, "Authorization: Bearer ", d->api_key, "\r\n", NULL);
     else if (d->api_key && d->auth_style == SY_AUTH_HEADER)
-        sy_buf_printf(h, "%s: %s\r\n", d->auth_name, d->api_key);
+        sy_buf_cat(h, d->auth_name, ": ", d->api_key, "\r\n", NULL);
+    if (d->format == SY_FORMAT_ANTHROPIC)
+        sy_buf_cat(h, "anthropic-version: ", d->api_version ? d->api_version : "2023-06-01", "\r\n",
+                   NULL);
     for (uint32_t i = 0; i < d->n_headers; i++)
-        sy_buf_printf(h, "%s: %s\r\n", d->headers[i].name, d->headers[i].value);
+        sy_buf_cat(h, d->headers[i].name, ": ", d->headers[i].value, "\r\n", NULL);
     sy_buf_puts(h, "\r\n");
 }
 
@@ -881,6 +1036,11 @@ static void start_attempt(struct proxy *p, const struct sy_target *targets, int 
     p->status = 0;
     p->ctype = NULL;
     p->sse = false;
+    p->up_api = d->format == SY_FORMAT_ANTHROPIC ? DP_API_ANTHROPIC : DP_API_OPENAI;
+    if (p->tr_active) {
+        dp_tr_stream_free(&p->tr);
+        p->tr_active = false;
+    }
     p->has_content = false;
     p->retry_after_ms = 0;
     p->ttfb_ns = 0;
@@ -899,22 +1059,38 @@ static void start_attempt(struct proxy *p, const struct sy_target *targets, int 
         p->timeouts.first_byte_ms = SY_MIN(p->timeouts.first_byte_ms, p->timeout_override_ms);
     }
 
-    struct dp_rewrite rw = {
-        .model = d->model,
-        .model_len = strlen(d->model),
-        .force_include_usage = p->stream,
-    };
-    struct dp_rewrite_info info;
     sy_buf_reset(&p->up_body);
-    if (dp_rewrite_request(p->req->body.data, p->req->body.len, &rw, &p->up_body, &info) < 0) {
-        struct sy_http_request *req = p->req;
-        p->dep = NULL;
-        proxy_release(p);
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_json", NULL,
-                           "The request body could not be rewritten for the provider.");
-        return;
+    if (p->up_api == p->api) {
+        /* Same format: splice the model id, keep every other byte the client sent. */
+        struct dp_rewrite rw = {
+            .model = d->model,
+            .model_len = strlen(d->model),
+            .force_include_usage = p->stream && p->api == DP_API_OPENAI,
+        };
+        struct dp_rewrite_info info;
+        if (dp_rewrite_request(p->req->body.data, p->req->body.len, &rw, &p->up_body, &info) <
+            0) {
+            struct sy_http_request *req = p->req;
+            p->dep = NULL;
+            proxy_release(p);
+            api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+                      "The request body could not be rewritten for the provider.");
+            return;
+        }
+    } else {
+        char *err = NULL;
+        if (dp_tr_request(p->api, p->up_api, p->root, d->model, p->stream, DEFAULT_MAX_TOKENS,
+                          &p->up_body, &err) < 0) {
+            struct sy_http_request *req = p->req;
+            p->dep = NULL;
+            proxy_release(p);
+            api_error(req, 400, "invalid_request_error", "untranslatable_request", NULL,
+                      "The request cannot be sent to a deployment of the other API format: %s",
+                      err ? err : "unsupported content");
+            free(err);
+            return;
+        }
     }
-    p->client_usage = info.client_include_usage;
     build_upstream_head(p);
     const struct sy_model *m = &p->t->models[p->chain[p->chain_pos]];
     int g = dp__gov_attempt_start(p->w, d, m, p->est_cost_tokens, &p->probe);
@@ -947,6 +1123,9 @@ static bool admits(void *ud, const struct sy_deployment *d, bool *near_limit)
 {
     struct proxy *p = ud;
     uint32_t retry_after = 0;
+    /* Legacy completions and embeddings have no Anthropic counterpart. */
+    if (d->format == SY_FORMAT_ANTHROPIC && p->ep != EP_CHAT && p->ep != EP_MESSAGES)
+        return false;
     enum dp_gov_refusal why =
         dp__gov_admits(p->w, p->t, d, &p->t->models[p->chain[p->chain_pos]], p->est_cost_tokens,
                        near_limit, &retry_after);
@@ -987,20 +1166,17 @@ static void no_deployment(struct proxy *p)
     proxy_release(p);
     if (nc.rate_limited) {
         uint32_t secs = (nc.retry_after_ms + 999) / 1000;
-        char extra[64];
+        char extra[48];
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", secs ? secs : 1);
-        char body[512];
-        snprintf(body, sizeof(body),
-                 "{\"error\":{\"message\":\"Rate limit reached for model `%s`: every deployment "
-                 "that can serve it is at its limit. Retry after %u s.\",\"type\":\"requests\","
-                 "\"param\":null,\"code\":\"rate_limit_exceeded\"}}\n",
-                 name, secs ? secs : 1);
         dp__gov_event(p->w, req, SY_EVENT_RATE_LIMITED, p->t, &p->t->models[p->chain[0]], NULL,
                       "every deployment at its limit", 0);
-        sy_http_resp_send(req, 429, "application/json", extra, body, strlen(body));
+        api_error_h(req, extra, 429, "requests", "rate_limit_exceeded", NULL,
+                    "Rate limit reached for model `%s`: every deployment that can serve it is at "
+                    "its limit. Retry after %u s.",
+                    name, secs ? secs : 1);
         return;
     }
-    sy_http_resp_error(req, 503, "service_unavailable", "no_healthy_deployment", "model",
+    api_error(req, 503, "service_unavailable", "no_healthy_deployment", "model",
                        "The model `%s` has no deployment that can take the request now%s.", name,
                        nc.circuit_open ? " (circuit breakers open)" : "");
 }
@@ -1123,21 +1299,21 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
         return;
     }
     if (req->body.len == 0) {
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+        api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
                       "The request body is empty; send a JSON object.");
         return;
     }
     json_error_t jerr;
     json_t *root = json_loadb(req->body.data, req->body.len, 0, &jerr);
     if (!root) {
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+        api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
                       "The request body is not valid JSON: %s (line %d, column %d).", jerr.text,
                       jerr.line, jerr.column);
         return;
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+        api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
                       "The request body must be a JSON object.");
         return;
     }
@@ -1146,27 +1322,34 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     json_t *jso = json_object_get(root, "stream_options");
     if (!json_is_string(jmodel) || json_string_length(jmodel) == 0) {
         json_decref(root);
-        sy_http_resp_error(req, 400, "invalid_request_error", "missing_required_parameter", "model",
+        api_error(req, 400, "invalid_request_error", "missing_required_parameter", "model",
                       "You must provide a model parameter (a string).");
         return;
     }
     if (jstream && !json_is_boolean(jstream) && !json_is_null(jstream)) {
         json_decref(root);
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_type", "stream",
+        api_error(req, 400, "invalid_request_error", "invalid_type", "stream",
                       "'stream' must be a boolean.");
         return;
     }
     if (!json_object_get(root, endpoints[ep].required)) {
         json_decref(root);
-        sy_http_resp_error(req, 400, "invalid_request_error", "missing_required_parameter",
+        api_error(req, 400, "invalid_request_error", "missing_required_parameter",
                       endpoints[ep].required, "Missing required parameter: '%s'.",
                       endpoints[ep].required);
         return;
     }
     bool stream = json_is_true(jstream) && endpoints[ep].can_stream;
+    json_t *jmax = json_object_get(root, "max_tokens");
+    if (ep == EP_MESSAGES && (!json_is_integer(jmax) || json_integer_value(jmax) < 1)) {
+        json_decref(root);
+        api_error(req, 400, "invalid_request_error", "invalid_value", "max_tokens",
+                  "max_tokens: a whole number of at least 1 is required.");
+        return;
+    }
     if (jso && !json_is_object(jso) && !json_is_null(jso)) {
         json_decref(root);
-        sy_http_resp_error(req, 400, "invalid_request_error", "invalid_type", "stream_options",
+        api_error(req, 400, "invalid_request_error", "invalid_type", "stream_options",
                       "'stream_options' must be an object.");
         return;
     }
@@ -1177,7 +1360,7 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     const struct sy_model *m =
         sy_table_find_model(dp__req_table(req), json_string_value(jmodel), json_string_length(jmodel));
     if (!m) {
-        sy_http_resp_error(req, 404, "invalid_request_error", "model_not_found", "model",
+        api_error(req, 404, "invalid_request_error", "model_not_found", "model",
                       "The model `%s` does not exist or you do not have access to it.",
                       json_string_value(jmodel));
         json_decref(root);
@@ -1190,15 +1373,22 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     p->t = dp__req_table(req);
     p->key = key;
     p->ep = ep;
+    p->api = req_api(req);
     p->stream = stream;
+    p->client_model =
+        sy_arena_strndup(&req->arena, json_string_value(jmodel), json_string_length(jmodel));
+    p->client_usage = json_is_true(json_object_get(jso, "include_usage"));
 
     /* Routing rules look at the request only when the model has some: the parse of messages
      * and the classifier cost nothing otherwise. */
     uint32_t mi = (uint32_t)(m - p->t->models);
     struct dp_route_ctx ctx = {.req = req, .key = key, .complexity_milli = -1};
     const struct sy_policy *pol = policy_of(m);
-    route_ctx_fill(&ctx, root);
-    json_t *jmax = json_object_get(root, "max_tokens");
+    /* The messages are walked only for routing rules; limits make do with the body's size. */
+    if (pol->n_rules)
+        route_ctx_fill(&ctx, root);
+    else
+        ctx.est_tokens = (uint32_t)SY_MIN(req->body.len / 4, (size_t)UINT32_MAX);
     if (!jmax)
         jmax = json_object_get(root, "max_completion_tokens");
     p->est_cost_tokens = ctx.est_tokens + (json_is_integer(jmax) && json_integer_value(jmax) > 0
@@ -1210,18 +1400,15 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     if (!dp__gov_key_admits(p->w, key, p->est_cost_tokens, &key_wait, &key_limit)) {
         json_decref(root);
         uint32_t secs = (key_wait + 999) / 1000;
-        char extra[48], body[320];
+        char extra[48];
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", secs ? secs : 1);
-        snprintf(body, sizeof(body),
-                 "{\"error\":{\"message\":\"Rate limit reached for this API key (%s). Retry "
-                 "after %u s.\",\"type\":\"requests\",\"param\":null,"
-                 "\"code\":\"rate_limit_exceeded\"}}\n",
-                 key_limit, secs ? secs : 1);
-        sy_http_resp_send(req, 429, "application/json", extra, body, strlen(body));
+        api_error_h(req, extra, 429, "requests", "rate_limit_exceeded", NULL,
+                    "Rate limit reached for this API key (%s). Retry after %u s.", key_limit,
+                    secs ? secs : 1);
         return;
     }
     const struct sy_rule *rule = pol->n_rules ? dp_route_rules(pol, &ctx) : NULL;
-    json_decref(root);
+    p->root = root; /* kept for a translation to another format; released with the call */
     if (rule) {
         if (rule->model >= 0) {
             mi = (uint32_t)rule->model;
@@ -1246,6 +1433,41 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     req->on_drain = proxy_drain;
     dp__gov_request(p->w, policy_of(&p->t->models[mi]));
     next_attempt(p);
+}
+
+/* ============================================================================================
+ * Accounting
+ * ========================================================================================== */
+
+void dp__proxy_request_done(struct sy_http_request *req)
+{
+    struct proxy *p = req->handler;
+    if (!p || !p->t)
+        return;
+    const struct sy_deployment *d = NULL;
+    enum sy_outcome o;
+    int st = req->resp_status;
+    if (p->n_trace)
+        d = &p->t->deployments[p->trace[p->n_trace - 1].dep];
+    if (p->cut)
+        o = SY_OUTCOME_STREAM_CUT;
+    else if (st == 0 || !req->resp_done)
+        o = SY_OUTCOME_CANCELLED;
+    else if (st >= 200 && st < 300)
+        o = SY_OUTCOME_SUCCESS;
+    else if (p->n_trace && st != 503)
+        o = dp__gov_outcome((enum dp_outcome)p->trace[p->n_trace - 1].outcome);
+    else if (st == 429)
+        o = SY_OUTCOME_RATE_LIMITED;
+    else if (st == 503)
+        o = SY_OUTCOME_UNAVAILABLE;
+    else
+        o = SY_OUTCOME_CLIENT_ERROR;
+    uint64_t now = sy_now_ns();
+    dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
+                    p->usage.completion_tokens, now - req->start_ns,
+                    p->first_ns ? p->first_ns - req->start_ns : 0);
+    req->handler = NULL;
 }
 
 /* ============================================================================================
@@ -1275,7 +1497,7 @@ void dp__handle_request(struct sy_http_request *req)
     } else if (path_is(req, "/healthz") || path_is(req, "/readyz") || path_is(req, "/v1/models")) {
         method_not_allowed(req, "GET");
     } else {
-        sy_http_resp_error(req, 404, "invalid_request_error", "unknown_url", NULL,
+        api_error(req, 404, "invalid_request_error", "unknown_url", NULL,
                       "Unknown request URL: %s %s.", llhttp_method_name(req->method), req->path);
     }
 }

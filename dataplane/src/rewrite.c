@@ -280,7 +280,7 @@ int dp_json_top_members(const char *body, size_t len, dp_json_member_cb cb, void
             m.key = d;
             m.key_len = (size_t)n;
         }
-        int rc = cb(ud, &m);
+        int rc = cb ? cb(ud, &m) : 0;
         free(heap);
         if (rc != 0)
             return rc;

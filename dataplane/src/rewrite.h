@@ -44,7 +44,7 @@ typedef int (*dp_json_member_cb)(void *ud, const struct dp_json_member *m);
  * -EINVAL when the body is not an object. The scan checks the object's own syntax and the
  * nesting of its values, not everything a full parser would, and it may call <cb> for members
  * before it finds a fault further on. Allocates nothing unless a key that has escapes decodes to
- * more than 256 bytes. */
+ * more than 256 bytes. <cb> may be NULL: then it only checks the structure. */
 int dp_json_top_members(const char *body, size_t len, dp_json_member_cb cb, void *ud);
 
 /** True when the decoded key of <m> is <lit>/<n>. */

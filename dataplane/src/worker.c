@@ -65,6 +65,7 @@ void dp__worker_set_table(struct dp_worker *w, struct sy_table *t)
 
 static void on_request_done(struct sy_http_request *req)
 {
+    dp__proxy_request_done(req);
     sy_table_unref(req->ctx);
     req->ctx = NULL;
 }

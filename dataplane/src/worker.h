@@ -93,10 +93,21 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
 /** Requests in flight on <d> across the node; its recent time to first byte (µs). */
 uint64_t dp__gov_inflight(struct dp_worker *w, const struct sy_deployment *d);
 uint64_t dp__gov_ttfb_us(struct dp_worker *w, const struct sy_deployment *d);
+/** A model call ended with <o>: count it on its public model <m>, its client key <k> and the
+ * deployment <d> that answered (each may be NULL), with the tokens the provider reported and
+ * their cost at <d>'s prices, the whole duration and the time to the client's first byte. */
+void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct sy_deployment *d,
+                     const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
+                     uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns);
+/** The shared-memory outcome class of an attempt's outcome. */
+enum sy_outcome dp__gov_outcome(enum dp_outcome o);
 /** A decision worth the log: a retry, a fallback, a rule's route, a rejection. */
 void dp__gov_event(struct dp_worker *w, const struct sy_http_request *req, enum sy_event_kind kind,
                    const struct sy_table *t, const struct sy_model *from,
                    const struct sy_model *to, const char *why, uint32_t ms);
+
+/** A request ends (the server's on_request_done): if it was a model call, count it. */
+void dp__proxy_request_done(struct sy_http_request *req);
 
 /** Handle a complete request (proxy.c). Must end it with sy_http_resp_end/abort/send/error, or
  * be told through on_abort that the client left. */

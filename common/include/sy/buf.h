@@ -20,6 +20,10 @@ void sy_buf_reserve(struct sy_buf *b, size_t extra);
 void sy_buf_append(struct sy_buf *b, const void *p, size_t n);
 /** Append a NUL-terminated string. */
 void sy_buf_puts(struct sy_buf *b, const char *s);
+/** Append the decimal digits of <v>: printf's work for the hot path, without printf. */
+void sy_buf_putu(struct sy_buf *b, unsigned long long v);
+/** Append several NUL-terminated strings (borrowed); the list ends with NULL. */
+void sy_buf_cat(struct sy_buf *b, ...) __attribute__((sentinel));
 /** Append printf-formatted text. */
 void sy_buf_printf(struct sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sy_buf_vprintf(struct sy_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));

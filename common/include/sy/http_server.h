@@ -91,6 +91,7 @@ struct sy_http_request {
     char id[40]; /* request id, also sent as x-request-id */
 
     /* response state, owned by the server */
+    uint16_t resp_status; /* the status sent, 0 before the head went out */
     bool resp_started;
     bool resp_chunked;
     bool resp_done;
