@@ -44,10 +44,21 @@ if ((${#missing[@]})); then
 fi
 
 # ---- JavaScript dependencies (client SDK tests) ------------------------------------------
-# The SDK client tests arrive later: once a package-lock.json is committed, install exactly it.
+# tests/client runs the official openai and @anthropic-ai/sdk packages, pinned in the committed
+# package-lock.json: install exactly it with `npm ci`, but only when node_modules does not
+# already hold it (a stamp records the hashes of package.json and package-lock.json and the
+# node version that npm ci last installed them for).
 if [[ -f $ROOT/package-lock.json ]]; then
-    command -v npm >/dev/null || { echo "install-deps: package-lock.json needs npm (apt-get install npm)" >&2; exit 1; }
-    if [[ ! -d $ROOT/node_modules || $ROOT/package-lock.json -nt $ROOT/node_modules ]]; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        # A machine without Node.js gets Debian's (18.x on Debian 12, enough for the SDKs).
+        echo "install-deps: apt-get install nodejs npm"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    stamp=$ROOT/node_modules/.switchyard-npm-ci
+    want="$(cd "$ROOT" && cat package.json package-lock.json | sha256sum | cut -d' ' -f1) node $(node --version)"
+    if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
+        echo "install-deps: npm ci"
         (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+        echo "$want" >"$stamp"
     fi
 fi
