@@ -10,6 +10,8 @@
 #   BENCH_STREAM_DELAY_MS=30000    the mock's delay between chunks of those streams
 #   BENCH_BUILD_DIR=DIR            use this existing build instead of building build-release
 #   BENCH_KEEP=1                   keep the work directory (logs, configs, raw results)
+#   BENCH_GOV_ITERS=1000000        iterations per batch of the governance microbenchmark
+#   BENCH_GOVERNANCE=0|only        skip the governance section, or run it alone
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/common.sh"
@@ -20,6 +22,10 @@ RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECONDS:-5}
 STREAMS=${BENCH_STREAMS:-1000}
 STREAM_DELAY=${BENCH_STREAM_DELAY_MS:-30000}
+GOV_ITERS=${BENCH_GOV_ITERS:-1000000}
+GOVERNANCE=${BENCH_GOVERNANCE:-1}
+MAIN_RUNS=$RUNS
+[[ $GOVERNANCE == only ]] && MAIN_RUNS=0 # the governance section alone
 if (($(nproc) > 1)); then
     SERVER_CPUS=${BENCH_SERVER_CPUS:-0}
     CLIENT_CPUS=${BENCH_CLIENT_CPUS:-1}
@@ -37,6 +43,12 @@ fi
 DATAPLANE=$BUILD/dataplane/switchyard-dataplane
 MOCK=$BUILD/tests/mockprovider/switchyard-mockprovider
 [[ -x $DATAPLANE && -x $MOCK ]] || sy_die "build did not produce $DATAPLANE and $MOCK"
+BENCH_GOVERN=$BUILD/tests/bench/bench_govern
+BENCH_RING=$BUILD/tests/bench/bench_ring
+if [[ $GOVERNANCE != 0 ]] && [[ ! -x $BENCH_GOVERN || ! -x $BENCH_RING ]]; then
+    sy_warn "no $BENCH_GOVERN or $BENCH_RING in this build: governance section skipped"
+    GOVERNANCE=0
+fi
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
@@ -105,10 +117,10 @@ write_table() { # FILE MOCK_PORT IDLE_MS TOTAL_MS
 JSON
 }
 
-start_switchyard() { # NAME -> SY_PID, SY_PORT
+start_switchyard() { # NAME [TABLE] -> SY_PID, SY_PORT
     rm -f "$WORK/$1.port"
     start "$1" "$SERVER_CPUS" "$DATAPLANE" --listen 127.0.0.1:0 --workers 1 \
-        --table "$WORK/table.json" --port-file "$WORK/$1.port"
+        --table "${2:-$WORK/table.json}" --port-file "$WORK/$1.port"
     SY_PID=$LAST_PID
     SY_PORT=$(wait_port_file "$WORK/$1.port" "$SY_PID") || {
         tail -n 20 "$WORK/$1.log" >&2
@@ -204,7 +216,7 @@ done
 # after that would be garbage).
 check_alive() {
     local name pid rc
-    for name in mock nginx switchyard; do
+    for name in mock nginx switchyard gov ring; do
         pid=${SERVER_PID[$name]:-}
         [[ -n $pid ]] || continue
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -230,10 +242,10 @@ wrk_once() { # TARGET SCENARIO CONNS SECONDS -> "requests duration p50 p99 error
 sy_say "warming up"
 for t in "${TARGETS[@]}"; do wrk_once "$t" chat 8 1 >/dev/null; done
 
-total=$((RUNS * 4 * ${#TARGETS[@]}))
+total=$((MAIN_RUNS * 4 * ${#TARGETS[@]}))
 sy_say "$total wrk runs of ${SECS}s (wrk on CPUs $CLIENT_CPUS), about $((total * (SECS + 1) / 60 + 1)) min"
 : >"$WORK/results.tsv"
-for run in $(seq "$RUNS"); do
+for run in $(seq "$MAIN_RUNS"); do
     for scenario in chat stream; do
         for conns in 1 64; do
             # interleaved: the three targets back to back, so noise hits them alike
@@ -252,20 +264,21 @@ done
 
 # ---- memory: 1,000 slow streams on a fresh Switchyard --------------------------------------------
 
-sy_say "memory: $STREAMS slow streams through a fresh Switchyard"
-unset 'SERVER_PID[switchyard]'
-kill -TERM -- "-$SY_PID" 2>/dev/null || true
-wait "$SY_PID" 2>/dev/null || true
-start_switchyard switchyard-mem
-WPIDS=$(worker_pids "$SY_PID")
-if timeout 120 taskset -c "$CLIENT_CPUS" /usr/bin/python3 "$BENCH/slow_streams.py" \
-    --port "$SY_PORT" --pids "$WPIDS" --streams "$STREAMS" --body "$WORK/slow.json" \
-    >"$WORK/streams.json" 2>"$WORK/streams.err"; then
-    :
-else
-    sy_warn "not every stream was established: $(cat "$WORK/streams.json" "$WORK/streams.err" 2>/dev/null | tail -n 3)"
-fi
-/usr/bin/python3 - "$WORK/streams.json" "$IDLE_RSS" >"$WORK/memory.json" <<'PY'
+if ((MAIN_RUNS)); then
+    sy_say "memory: $STREAMS slow streams through a fresh Switchyard"
+    unset 'SERVER_PID[switchyard]'
+    kill -TERM -- "-$SY_PID" 2>/dev/null || true
+    wait "$SY_PID" 2>/dev/null || true
+    start_switchyard switchyard-mem
+    WPIDS=$(worker_pids "$SY_PID")
+    if timeout 120 taskset -c "$CLIENT_CPUS" /usr/bin/python3 "$BENCH/slow_streams.py" \
+        --port "$SY_PORT" --pids "$WPIDS" --streams "$STREAMS" --body "$WORK/slow.json" \
+        >"$WORK/streams.json" 2>"$WORK/streams.err"; then
+        :
+    else
+        sy_warn "not every stream was established: $(cat "$WORK/streams.json" "$WORK/streams.err" 2>/dev/null | tail -n 3)"
+    fi
+    /usr/bin/python3 - "$WORK/streams.json" "$IDLE_RSS" >"$WORK/memory.json" <<'PY'
 import json, sys
 try:
     m = json.load(open(sys.argv[1]))
@@ -274,6 +287,141 @@ except ValueError:
 m["idle_rss_kb"] = int(sys.argv[2])
 print(json.dumps(m))
 PY
+fi
+
+# ---- governance (issues 4 and 6) ----------------------------------------------------------------
+#
+# The same mock behind a Switchyard (--workers 1) whose table adds two models that fall back to
+# gpt-4o-mini: fb-refused, whose only deployment is a closed port (every request is refused,
+# then falls back: its circuit is set so that it never opens), and fb-circuit, whose deployment
+# the mock fails with 500 (after the first failure its circuit stays open for the whole run, so
+# every request goes straight to the fallback). Then a fresh Switchyard for the decision-log
+# ring, kept drained by a consumer or left full; then the CPU microbenchmark.
+
+write_gov_table() { # FILE MOCK_PORT CLOSED_PORT
+    cat >"$1" <<JSON
+{"version":1,
+ "deployments":[
+  {"name":"mock","provider":"mock","model":"gpt-4o-mini","format":"openai",
+   "base_url":"http://127.0.0.1:$2/v1","auth":"bearer","api_key":"sk-bench",
+   "timeouts":{"connect_ms":1000,"first_byte_ms":10000,"idle_ms":120000,"total_ms":300000}},
+  {"name":"refused","provider":"mock","model":"fb-refused-up","format":"openai",
+   "base_url":"http://127.0.0.1:$3/v1","auth":"bearer","api_key":"sk-bench",
+   "timeouts":{"connect_ms":1000,"first_byte_ms":10000,"idle_ms":120000,"total_ms":300000}},
+  {"name":"failing","provider":"mock","model":"fb-circuit-up","format":"openai",
+   "base_url":"http://127.0.0.1:$2/v1","auth":"bearer","api_key":"sk-bench",
+   "timeouts":{"connect_ms":1000,"first_byte_ms":10000,"idle_ms":120000,"total_ms":300000}}],
+ "models":[
+  {"name":"gpt-4o-mini","targets":[{"deployment":"mock","weight":1}]},
+  {"name":"fb-refused","targets":[{"deployment":"refused","weight":1}],
+   "fallbacks":["gpt-4o-mini"],
+   "policy":{"retry":{"attempts":1},
+             "circuit":{"consecutive":0,"window_ms":1000,"min_requests":1000000}}},
+  {"name":"fb-circuit","targets":[{"deployment":"failing","weight":1}],
+   "fallbacks":["gpt-4o-mini"],
+   "policy":{"retry":{"attempts":1},
+             "circuit":{"consecutive":1,"cooldown_ms":600000,"min_requests":1000}}}]}
+JSON
+}
+
+ring_tool() { # MODE [SECONDS] on the ring Switchyard's segment -> "cells used dropped popped"
+    timeout 660 taskset -c "$CLIENT_CPUS" "$BENCH_RING" "$RING_SHM" "$@" 2>>"$WORK/ring.err" |
+        awk '/^BENCH_RING/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                             print v["cells"], v["used"], v["dropped"], v["popped"] }'
+}
+
+: >"$WORK/gov.tsv"
+: >"$WORK/govern.txt"
+: >"$WORK/ring.tsv"
+if [[ $GOVERNANCE != 0 ]]; then
+    sy_say "governance: fallback latency, circuit-open throughput, decision-log ring"
+    unset 'SERVER_PID[switchyard]'
+    kill -TERM -- "-$SY_PID" 2>/dev/null || true # the memory Switchyard
+    wait "$SY_PID" 2>/dev/null || true
+    CLOSED_PORT=$(free_port) # nothing listens there: connection refused
+    write_gov_table "$WORK/gov-table.json" "$MOCK_PORT" "$CLOSED_PORT"
+    curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$MOCK_PORT/mock/config" \
+        -d '{"by_model":{"fb-circuit-up":{"status":500}}}' || sy_die "the mock refused its config"
+    start_switchyard gov "$WORK/gov-table.json"
+    SERVER_PID[gov]=$SY_PID
+    GOV_PORT=$SY_PORT
+    for m in gpt-4o-mini fb-refused fb-circuit; do
+        echo "{\"model\":\"$m\",$MSG,\"max_tokens\":16}" >"$WORK/gov-$m.json"
+    done
+    URL[gov]="http://127.0.0.1:$GOV_PORT/v1/chat/completions"
+    # Each model must answer 200, served by gpt-4o-mini; the first fb-circuit request opens
+    # its circuit, the second shows the open circuit (no attempt on "failing").
+    gov_ok=1
+    for m in gpt-4o-mini fb-refused fb-circuit fb-circuit; do
+        code=$(curl -s -D "$WORK/gov-check-$m.head" -o "$WORK/gov-check-$m.out" -w '%{http_code}' \
+            --max-time 10 -H 'Content-Type: application/json' \
+            --data-binary "@$WORK/gov-$m.json" "${URL[gov]}" || true)
+        trace=$(tr -d '\r' <"$WORK/gov-check-$m.head" | awk -F': ' 'tolower($1) == "x-switchyard-trace" { print $2 }')
+        echo "  check $m: HTTP $code, trace: ${trace:-none}"
+        [[ $code == 200 ]] || { sy_warn "the governance Switchyard answers $m with HTTP $code"; gov_ok=0; }
+    done
+    ((gov_ok)) || sy_warn "governance figures below are suspect; logs in $WORK (BENCH_KEEP=1)"
+
+    gov_once() { # LABEL URL BODY CONNS
+        local r
+        URL[gtmp]=$2
+        r=$(wrk_once gtmp "$3" "$4" "$SECS")
+        if [[ -z $r ]]; then
+            sy_warn "wrk gave no result for governance $1 c=$4 (see wrk.log)"
+            return
+        fi
+        echo "$1 $4 $run $r" >>"$WORK/gov.tsv"
+        printf '  run %d gov    c=%-3d %-13s %s\n' "$run" "$4" "$1" "$r"
+    }
+    # warm-up: every path once under load (also opens fb-circuit's circuit for good)
+    for m in gpt-4o-mini fb-refused fb-circuit; do
+        URL[gtmp]=${URL[gov]}
+        wrk_once gtmp "gov-$m" 8 1 >/dev/null
+    done
+
+    # the decision-log ring: a fresh Switchyard, with the main one-deployment table
+    start_switchyard ring "$WORK/table.json"
+    SERVER_PID[ring]=$SY_PID
+    RING_PORT=$SY_PORT
+    RING_SHM=/dev/shm/switchyard-$RING_PORT # the data plane's default segment
+    [[ -e $RING_SHM ]] || sy_warn "no segment $RING_SHM: the ring measure will say nothing"
+    RING_URL="http://127.0.0.1:$RING_PORT/v1/chat/completions"
+    URL[gtmp]=$RING_URL
+    wrk_once gtmp chat 8 1 >/dev/null
+
+    total=$((RUNS * 7))
+    sy_say "governance: $total wrk runs of ${SECS}s, about $((total * (SECS + 2) / 60 + 1)) min"
+    for run in $(seq "$RUNS"); do
+        # (a) 1 connection: the backup directly (mock), the backup model through Switchyard,
+        #     the model whose primary refuses connections
+        gov_once direct "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" chat 1
+        gov_once healthy "${URL[gov]}" gov-gpt-4o-mini 1
+        gov_once refused "${URL[gov]}" gov-fb-refused 1
+        # (b) 64 connections: healthy model, model whose primary's circuit is open
+        gov_once healthy "${URL[gov]}" gov-gpt-4o-mini 64
+        gov_once circuit "${URL[gov]}" gov-fb-circuit 64
+        # ring: kept empty by a consumer (as the control plane drains it), then left full
+        before=$(ring_tool stat || true)
+        timeout $((SECS + 20)) taskset -c "$CLIENT_CPUS" "$BENCH_RING" "$RING_SHM" drain $((SECS + 2)) \
+            >"$WORK/drain.out" 2>>"$WORK/ring.err" &
+        drain_pid=$!
+        sleep 0.5
+        gov_once ring_drained "$RING_URL" chat 64
+        wait "$drain_pid" 2>/dev/null || true
+        after=$(ring_tool stat || true)
+        echo "ring_drained $run $before $after $(awk '/^BENCH_RING/ { sub(/.*popped=/, ""); print }' "$WORK/drain.out")" >>"$WORK/ring.tsv"
+        ring_tool fill >/dev/null || true
+        before=$(ring_tool stat || true)
+        gov_once ring_full "$RING_URL" chat 64
+        after=$(ring_tool stat || true)
+        echo "ring_full $run $before $after 0" >>"$WORK/ring.tsv"
+    done
+
+    # (c) CPU of governance per request: nothing else runs now
+    sy_say "governance: CPU microbenchmark ($GOV_ITERS iterations x 5 batches per measure)"
+    timeout 900 taskset -c "$SERVER_CPUS" "$BENCH_GOVERN" "$GOV_ITERS" 5 | tee "$WORK/govern.txt" ||
+        sy_warn "bench_govern failed"
+fi
 
 # ---- report -------------------------------------------------------------------------------------
 
@@ -283,4 +431,5 @@ PY
     echo "medians of $RUNS interleaved runs of ${SECS}s; servers on CPU $SERVER_CPUS, wrk (1 thread) on CPU $CLIENT_CPUS."
 } >"$WORK/env.txt"
 echo
-/usr/bin/python3 "$BENCH/report.py" "$WORK/results.tsv" "$WORK/memory.json" "$WORK/env.txt" | tee "$WORK/report.md"
+/usr/bin/python3 "$BENCH/report.py" "$WORK/results.tsv" "$WORK/memory.json" "$WORK/env.txt" \
+    "$WORK/gov.tsv" "$WORK/ring.tsv" "$WORK/govern.txt" | tee "$WORK/report.md"
