@@ -322,7 +322,7 @@ static int get_u64(struct dec *d, const msgpack_object *v, uint64_t max, uint64_
 
 static int get_u32(struct dec *d, const msgpack_object *v, uint32_t *out)
 {
-    uint64_t x;
+    uint64_t x = 0;
     int rc = get_u64(d, v, UINT32_MAX, &x);
     if (rc == 0)
         *out = (uint32_t)x;
@@ -1352,7 +1352,7 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
     struct dec *d = &td->d;
     void *p = (char *)base + f->off;
     uint64_t u;
-    int e, rc;
+    int e = 0, rc;
 
     switch (f->kind) {
     case FIELD_STR:
@@ -1968,7 +1968,7 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
 {
     struct dec *d = &td->d;
     const msgpack_object *v;
-    int64_t schema;
+    int64_t schema = 0;
     size_t mark;
     int rc;
 

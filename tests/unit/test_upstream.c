@@ -255,7 +255,7 @@ struct fixture {
     struct srv srv;
     struct dp_upstream_ctx *ctx;
     struct sy_origin origin;
-    char key[64];
+    char key[256];
     struct sy_timeouts to;
 };
 
