@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "metrics.h"
 #include "sy/log.h"
 #include "sy/util.h"
 
@@ -24,6 +25,7 @@ struct call_private {
 static const struct cp_resource *const resources[] = {
     &cp_api_providers, &cp_api_deployments, &cp_api_models,
     &cp_api_keys,      &cp_api_catalog,     &cp_api_status,
+    &cp_api_usage,     &cp_api_events,
 };
 
 /* ============================================================================================
@@ -625,6 +627,10 @@ static void simple_error(struct sy_http_request *req, int status, const char *ty
 void cp__api_request(struct sy_http_request *req)
 {
     struct cp_server *cp = req->server->data;
+    if (strcmp(req->path, "/metrics") == 0) { /* its own token, if any: metrics.c */
+        cp__metrics_request(req);
+        return;
+    }
     if (strcmp(req->path, "/healthz") == 0) {
         const char *body = cp_db_is_up(cp->db) ? "{\"status\":\"ok\",\"database\":\"up\"}\n"
                                                : "{\"status\":\"ok\",\"database\":\"down\"}\n";

@@ -122,3 +122,5 @@ extern const struct cp_resource cp_api_models;
 extern const struct cp_resource cp_api_keys;
 extern const struct cp_resource cp_api_catalog;
 extern const struct cp_resource cp_api_status;
+extern const struct cp_resource cp_api_usage;
+extern const struct cp_resource cp_api_events;

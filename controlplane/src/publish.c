@@ -30,6 +30,7 @@
 
 #include "compile.h"
 #include "internal.h"
+#include "metrics.h"
 #include "server.h"
 #include "sy/frame.h"
 #include "sy/log.h"
@@ -824,4 +825,20 @@ json_t *cp__publisher_status(struct cp_server *cp)
     }
     json_object_set_new(st, "workers", workers);
     return st;
+}
+
+void cp__publisher_view(struct cp_server *cp, struct cp_publish_view *out)
+{
+    struct cp_publisher *pub = cp->pub;
+    *out = (struct cp_publish_view){.publish_ms = -1};
+    if (!pub)
+        return;
+    if (pub->table) {
+        out->version = pub->version;
+        out->table = pub->table->data + SY_FRAME_HEADER;
+        out->table_len = pub->table->len - SY_FRAME_HEADER;
+    }
+    for (const struct pub_conn *c = pub->conns; c; c = c->next)
+        out->workers += c->hello;
+    out->publish_ms = pub->publish_ms;
 }

@@ -13,11 +13,14 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "events.h"
 #include "internal.h"
+#include "metrics.h"
 #include "migrate.h"
 #include "server.h"
 #include "sy/log.h"
 #include "sy/util.h"
+#include "usage.h"
 
 static const char usage_text[] =
     "Usage: switchyard-controlplane [serve] [OPTIONS]\n"
@@ -36,6 +39,15 @@ static const char usage_text[] =
     "  --node-id ID              SWITCHYARD_NODE_ID (default: the host name)\n"
     "  --port-file FILE          write the admin port here once listening\n"
     "  --log-level LEVEL         SWITCHYARD_LOG_LEVEL: error, warn, info, debug\n"
+    "  --shm PATH                SWITCHYARD_SHM: the data plane's shared memory, read for\n"
+    "                            GET /metrics (e.g. /dev/shm/switchyard-8080; default none)\n"
+    "  --metrics-token TOKEN     SWITCHYARD_METRICS_TOKEN: Bearer token GET /metrics wants\n"
+    "                            (default: none needed)\n"
+    "  --metrics-token-file F    SWITCHYARD_METRICS_TOKEN_FILE\n"
+    "  --usage-retention-days N  SWITCHYARD_USAGE_RETENTION_DAYS: per-minute usage kept this\n"
+    "                            long, then compacted into hours (default 30)\n"
+    "  --events-retention-days N SWITCHYARD_EVENTS_RETENTION_DAYS: decision log kept (30)\n"
+    "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -88,10 +100,40 @@ static void set(char **field, const char *v)
     *field = sy_xstrdup(v);
 }
 
-/* Defaults, then the environment, then flags. Returns 0, 1 after --help, or -EINVAL. */
-static int config_load(struct cp_config *c, int argc, char **argv, char **err)
+/* Long options without a short letter. */
+enum {
+    OPT_USAGE_RETENTION = 1000,
+    OPT_EVENTS_RETENTION,
+    OPT_USAGE_FLUSH,
+    OPT_LONG_MAX,
+};
+
+/* <text> (NULL: <dflt>) as a whole number in [<min>, <max>] into *<out>; -EINVAL naming
+ * <flag> otherwise. */
+static int int_setting(const char *text, const char *flag, int min, int max, int dflt, int *out,
+                       char **err)
+{
+    uint64_t v;
+    *out = dflt;
+    if (!text)
+        return 0;
+    if (!sy_parse_u64(text, strlen(text), &v) || v < (uint64_t)min || v > (uint64_t)max)
+        return cp__fail(err, -EINVAL, "%s must be a whole number from %d to %d, not \"%s\"",
+                        flag, min, max, text);
+    *out = (int)v;
+    return 0;
+}
+
+/* Defaults, then the environment, then flags, into <c> and the metrics module's <mc>.
+ * Returns 0, 1 after --help, or -EINVAL. */
+static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int argc, char **argv,
+                       char **err)
 {
     memset(c, 0, sizeof(*c));
+    memset(mc, 0, sizeof(*mc));
+    mc->shm_path = env_dup("SWITCHYARD_SHM");
+    mc->token = env_dup("SWITCHYARD_METRICS_TOKEN");
+    char *metrics_file = env_dup("SWITCHYARD_METRICS_TOKEN_FILE");
     c->database_url = env_dup("SWITCHYARD_DATABASE_URL");
     c->admin_listen = env_dup("SWITCHYARD_ADMIN_LISTEN");
     c->admin_token = env_dup("SWITCHYARD_ADMIN_TOKEN");
@@ -101,6 +143,9 @@ static int config_load(struct cp_config *c, int argc, char **argv, char **err)
     c->log_level = env_dup("SWITCHYARD_LOG_LEVEL");
     char *admin_file = env_dup("SWITCHYARD_ADMIN_TOKEN_FILE");
     char *ro_file = env_dup("SWITCHYARD_READONLY_TOKEN_FILE");
+    char *usage_days = env_dup("SWITCHYARD_USAGE_RETENTION_DAYS");
+    char *events_days = env_dup("SWITCHYARD_EVENTS_RETENTION_DAYS");
+    char *flush_ms = env_dup("SWITCHYARD_USAGE_FLUSH_MS");
 
     static const struct option opts[] = {
         {"database-url", required_argument, NULL, 'd'},
@@ -113,6 +158,12 @@ static int config_load(struct cp_config *c, int argc, char **argv, char **err)
         {"node-id", required_argument, NULL, 'n'},
         {"port-file", required_argument, NULL, 'p'},
         {"log-level", required_argument, NULL, 'L'},
+        {"shm", required_argument, NULL, 'S'},
+        {"metrics-token", required_argument, NULL, 'm'},
+        {"metrics-token-file", required_argument, NULL, 'M'},
+        {"usage-retention-days", required_argument, NULL, OPT_USAGE_RETENTION},
+        {"events-retention-days", required_argument, NULL, OPT_EVENTS_RETENTION},
+        {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -131,6 +182,12 @@ static int config_load(struct cp_config *c, int argc, char **argv, char **err)
         case 'n': set(&c->node_id, optarg); break;
         case 'p': set(&c->port_file, optarg); break;
         case 'L': set(&c->log_level, optarg); break;
+        case 'S': set(&mc->shm_path, optarg); break;
+        case 'm': set(&mc->token, optarg); break;
+        case 'M': set(&metrics_file, optarg); break;
+        case OPT_USAGE_RETENTION: set(&usage_days, optarg); break;
+        case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
+        case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
@@ -150,6 +207,17 @@ static int config_load(struct cp_config *c, int argc, char **argv, char **err)
         rc = -EINVAL;
         goto out;
     }
+    if (metrics_file && !mc->token && !(mc->token = read_token_file(metrics_file, err))) {
+        rc = -EINVAL;
+        goto out;
+    }
+    if ((rc = int_setting(usage_days, "--usage-retention-days", 1, 36500, 30,
+                          &c->usage_retention_days, err)) < 0 ||
+        (rc = int_setting(events_days, "--events-retention-days", 1, 36500, 30,
+                          &c->events_retention_days, err)) < 0 ||
+        (rc = int_setting(flush_ms, "--usage-flush-ms", 100, 3600000, 10000, &c->usage_flush_ms,
+                          err)) < 0)
+        goto out;
     if (!c->database_url) {
         rc = cp__fail(err, -EINVAL, "no database: set SWITCHYARD_DATABASE_URL or --database-url");
         goto out;
@@ -182,8 +250,14 @@ static int config_load(struct cp_config *c, int argc, char **argv, char **err)
 out:
     free(admin_file);
     free(ro_file);
-    if (rc != 0)
+    free(usage_days);
+    free(events_days);
+    free(flush_ms);
+    free(metrics_file);
+    if (rc != 0) {
         config_free(c);
+        cp__metrics_config_free(mc);
+    }
     return rc;
 }
 
@@ -242,10 +316,14 @@ static void on_signal(uv_signal_t *s, int signum)
     cp->stopping = true;
     sy_log(SY_LOG_INFO, "serve", "stopping on signal %d", signum);
     cp__publisher_stop(cp);
+    cp__metrics_stop(cp);
     sy_http_server_drain(&cp->http);
     sy_http_server_close_all(&cp->http);
     uv_close((uv_handle_t *)&cp->sig_term, NULL);
     uv_close((uv_handle_t *)&cp->sig_int, NULL);
+    /* the last usage flush and decision-log write, before the database closes */
+    cp__events_stop(cp);
+    cp__usage_stop(cp);
     cp_db_close(cp->db);
     cp->db = NULL;
 }
@@ -257,16 +335,18 @@ static void on_db_state(struct cp_db *db, void *ud, bool up, const char *why)
     else
         sy_log(SY_LOG_WARN, "db", "database connection down: %s", why ? why : "");
     cp__publisher_db_state(ud, up);
+    cp__usage_db_state(ud, up);
 }
 
 int cp_serve(int argc, char **argv)
 {
     struct cp_server *cp = sy_xcalloc(1, sizeof(*cp));
+    struct cp_metrics_config mcfg;
     char *err = NULL;
     int status = 1;
     sy_log_set_ident("controlplane");
     signal(SIGPIPE, SIG_IGN);
-    int rc = config_load(&cp->cfg, argc, argv, &err);
+    int rc = config_load(&cp->cfg, &mcfg, argc, argv, &err);
     if (rc == 1) {
         free(cp);
         return 0;
@@ -334,6 +414,16 @@ int cp_serve(int argc, char **argv)
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "publisher failed");
         goto out_db;
     }
+    /* before the metrics module takes the segment path */
+    if (cp__usage_start(cp, mcfg.shm_path, &err) < 0 ||
+        cp__events_start(cp, mcfg.shm_path, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
+        goto out_db;
+    }
+    if (cp__metrics_start(cp, &mcfg, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
+        goto out_db;
+    }
 
     uv_signal_init(&cp->loop, &cp->sig_term);
     uv_signal_init(&cp->loop, &cp->sig_int);
@@ -353,7 +443,10 @@ int cp_serve(int argc, char **argv)
     status = 0;
 
 out_db:
+    cp__metrics_stop(cp);
     if (cp->db) {
+        cp__events_stop(cp);
+        cp__usage_stop(cp);
         cp__publisher_stop(cp);
         cp_db_close(cp->db);
         cp->db = NULL;
@@ -369,6 +462,7 @@ out_ring:
 out_cfg:
     free(err);
     config_free(&cp->cfg);
+    cp__metrics_config_free(&mcfg);
     free(cp);
     return status;
 }

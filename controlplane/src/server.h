@@ -14,6 +14,8 @@
 #include "sy/http_server.h"
 
 struct cp_publisher;
+struct cp_usage;
+struct cp_events;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -25,6 +27,9 @@ struct cp_config {
     char *node_id;        /* SWITCHYARD_NODE_ID, --node-id (default: the host name) */
     char *port_file;      /* --port-file: write the admin port once listening (tests) */
     char *log_level;      /* SWITCHYARD_LOG_LEVEL, --log-level */
+    int usage_retention_days;  /* SWITCHYARD_USAGE_RETENTION_DAYS, --usage-retention-days (30) */
+    int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
+    int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
 };
 
 enum cp_role {
@@ -41,6 +46,8 @@ struct cp_server {
     struct cp_crypto_ring ring;
     struct sy_http_server http;
     struct cp_publisher *pub; /* NULL until the publisher starts */
+    struct cp_usage *usage;   /* usage.c: NULL until started, and after stop */
+    struct cp_events *events; /* events.c: NULL without a segment, and after stop */
     uv_signal_t sig_term, sig_int;
     bool stopping;
     int64_t started_ms; /* wall clock */
