@@ -590,31 +590,41 @@ static bool is_usage_chunk(const char *d, size_t n)
     return c < e && *c == ']';
 }
 
-/* Does an event carry content (as opposed to the opening role chunk or a comment)? Only asked
- * until the stream is committed, so the parse is paid for the first few events at most. */
+/* After <key> (a quoted member name with its colon skipped) in <d>/<n>, is there a value that
+ * is not empty: a non-empty string, an object, an array, a number? null, "" and absence are not. */
+static bool member_has_value(const char *d, size_t n, const char *key, size_t klen)
+{
+    const char *e = d + n;
+    for (const char *k = memmem(d, n, key, klen); k; k = memmem(k + 1, (size_t)(e - k - 1), key, klen)) {
+        const char *v = k + klen;
+        while (v < e && (*v == ' ' || *v == ':' || *v == '\t'))
+            v++;
+        if (v >= e)
+            return false;
+        if (*v == 'n') /* null */
+            continue;
+        if (*v == '"' && v + 1 < e && v[1] == '"')
+            continue;
+        return true;
+    }
+    return false;
+}
+
+/* Does an event carry content (as opposed to the opening role chunk or a comment)? Asked only
+ * until the stream is committed; a scan for the members that make content, not a parse. */
 static bool is_content_event(const struct sy_sse_event *ev)
 {
-    if (ev->data_len == 0)
+    const char *d = ev->data;
+    size_t n = ev->data_len;
+    if (n == 0)
         return false; /* comment or keep-alive */
-    json_t *doc = json_loadb(ev->data, ev->data_len, 0, NULL);
-    if (!doc)
-        return true; /* [DONE] or anything we do not understand goes out as it is */
-    bool content = true;
-    json_t *choices = json_object_get(doc, "choices");
-    if (json_is_array(choices) && json_array_size(choices) > 0 && !json_object_get(doc, "error")) {
-        json_t *c0 = json_array_get(choices, 0);
-        json_t *delta = json_object_get(c0, "delta");
-        json_t *text = json_object_get(c0, "text");
-        json_t *fin = json_object_get(c0, "finish_reason");
-        json_t *dc = json_object_get(delta, "content");
-        bool has_text = (json_is_string(dc) && json_string_length(dc) > 0) ||
-                        (json_is_string(text) && json_string_length(text) > 0);
-        content = has_text || json_object_get(delta, "tool_calls") ||
-                  json_object_get(delta, "function_call") ||
-                  json_object_get(delta, "reasoning_content") || (fin && !json_is_null(fin));
-    }
-    json_decref(doc);
-    return content;
+    if (!memmem(d, n, "\"choices\"", 9) || memmem(d, n, "\"error\"", 7))
+        return true; /* [DONE], an error, anything we do not understand: goes out as it is */
+    return member_has_value(d, n, "\"content\"", 9) || member_has_value(d, n, "\"text\"", 6) ||
+           member_has_value(d, n, "\"tool_calls\"", 12) ||
+           member_has_value(d, n, "\"function_call\"", 15) ||
+           member_has_value(d, n, "\"reasoning_content\"", 19) ||
+           member_has_value(d, n, "\"finish_reason\"", 15);
 }
 
 /* Anthropic events that carry content, for a stream relayed as it is. */

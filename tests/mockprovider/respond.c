@@ -218,7 +218,10 @@ static void stream_step(struct mp_conn *c)
             mp_conn_close(c, MP_CLOSE_FLUSH);
             return;
         }
-        if (delay > 0 && r->phase < MP_PH_MAX) { /* no wait before the terminating chunk */
+        /* No wait after the opening events (role chunk, message_start): content starts at
+         * once and the delay paces the pieces, as a model does after its first token. No wait
+         * before the terminating chunk either. */
+        if (delay > 0 && r->phase < MP_PH_MAX && (piece || r->emitted > 0)) {
             mp_conn_after(c, delay, stream_step);
             return;
         }
