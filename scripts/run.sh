@@ -92,15 +92,18 @@ fi
 
 # ---- control plane ----------------------------------------------------------------------------
 rm -f "$RUN/controlplane.port"
+# The node's shared memory: the data plane's counters, circuits and decision log, which the
+# control plane reads for /metrics, usage and events.
+SHM=${SWITCHYARD_SHM:-/dev/shm/switchyard-$(id -u)-$(echo "$SY_ROOT" | cksum | cut -d' ' -f1)}
 "$BUILD/controlplane/switchyard-controlplane" --admin-listen "$ADMIN_LISTEN" \
-    --socket "$RUN/control.sock" --port-file "$RUN/controlplane.port" &
+    --socket "$RUN/control.sock" --port-file "$RUN/controlplane.port" --shm "$SHM" &
 CP_PID=$!
 wait_port "$RUN/controlplane.port" "$CP_PID" "control plane"
 
 # ---- data plane -------------------------------------------------------------------------------
 rm -f "$RUN/dataplane.port"
 "$BUILD/dataplane/switchyard-dataplane" --listen "$LISTEN" --control-socket "$RUN/control.sock" \
-    --snapshot "$RUN/snapshot.msgpack" --port-file "$RUN/dataplane.port" \
+    --snapshot "$RUN/snapshot.msgpack" --port-file "$RUN/dataplane.port" --shm "$SHM" \
     ${TABLE:+--table "$TABLE"} &
 DP_PID=$!
 wait_port "$RUN/dataplane.port" "$DP_PID" "data plane"
@@ -116,6 +119,7 @@ cat <<MSG
   Switchyard is up.
     model endpoint (OpenAI-compatible)  http://$host:$port/v1
     admin API                           http://$admin_host:$admin_port/admin/v1
+    Prometheus metrics                  http://$admin_host:$admin_port/metrics
     admin token                         $SWITCHYARD_ADMIN_TOKEN   (kept in .run/admin-token)
 
   Next: add a provider, a deployment, a model and a key (README.md, "Quick start"):

@@ -23,8 +23,19 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 }
 
 /* Everything is closed or about to be: let the loop run out. */
+/* Once a second: this worker is alive and serves this table (read by the control plane). */
+static void heartbeat_cb(uv_timer_t *t)
+{
+    struct dp_worker *w = t->data;
+    struct sy_shm_worker *slot = w->shm ? sy_shm_worker(w->shm, w->index) : NULL;
+    if (slot)
+        sy_shm_worker_heartbeat(slot, sy_now_ms(), w->table->version);
+}
+
 static void worker_finish(struct dp_worker *w)
 {
+    if (!uv_is_closing((uv_handle_t *)&w->heartbeat))
+        uv_close((uv_handle_t *)&w->heartbeat, NULL);
     dp_cpclient_close(w->cp);
     w->cp = NULL;
     if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
@@ -139,6 +150,9 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
     w->upstream = dp_upstream_ctx_new(&w->loop, &po);
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->heartbeat);
+    w->heartbeat.data = w;
+    uv_timer_start(&w->heartbeat, heartbeat_cb, 0, 1000);
     uv_signal_init(&w->loop, &w->sig_term);
     uv_signal_init(&w->loop, &w->sig_int);
     w->sig_term.data = w->sig_int.data = w;

@@ -27,6 +27,7 @@ struct dp_worker {
     struct sy_http_server http;
     uv_signal_t sig_term, sig_int;
     uv_timer_t drain_timer;
+    uv_timer_t heartbeat; /* the worker slot's heartbeat in shared memory */
     uint64_t drain_deadline_ms;
     bool draining;
     uint64_t rr;  /* round-robin counter for target choice */
