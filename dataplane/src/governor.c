@@ -305,6 +305,28 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
     }
 }
 
+/* Move limiter <word> of <limit> tokens per minute from <reserved> to <actual> tokens. */
+static void settle(_Atomic uint64_t *word, uint64_t limit, uint64_t reserved, uint64_t actual)
+{
+    if (actual > reserved)
+        dp_rate_charge(word, sy_now_ns() / 1000, limit, actual - reserved);
+    else if (reserved > actual)
+        dp_rate_refund(word, limit, reserved - actual);
+}
+
+void dp__gov_tpm_settle(struct dp_worker *w, const struct sy_deployment *d, const struct sy_key *k,
+                        uint64_t reserved_dep, uint64_t reserved_key, uint64_t actual)
+{
+    if (!w->shm)
+        return;
+    struct sy_shm_dep_state *st = d ? dep_state(w, d) : NULL;
+    if (st && d->limits.tpm && reserved_dep)
+        settle(&st->tpm, d->limits.tpm, reserved_dep, actual);
+    struct sy_shm_key_state *ks = k && k->tpm ? sy_shm_key(w->shm, k->slot) : NULL;
+    if (ks && reserved_key)
+        settle(&ks->tpm, k->tpm, reserved_key, actual);
+}
+
 enum sy_outcome dp__gov_outcome(enum dp_outcome o)
 {
     return shm_outcome(o);

@@ -496,6 +496,8 @@ static void attempt_end(struct proxy *p, enum dp_outcome o)
     else
         p->n_trace_dropped++;
     uint64_t now = sy_now_ns();
+    if (o != DP_OUT_SUCCESS) /* nothing was produced: the tokens it reserved go back */
+        dp__gov_tpm_settle(p->w, p->dep, NULL, p->est_cost_tokens, 0, 0);
     dp__gov_attempt_done(p->w, p->t, p->dep, &p->t->models[p->chain[p->chain_pos]], o, p->probe,
                          p->retry_after_ms, p->ttfb_ns ? p->ttfb_ns - p->attempt_ns : 0,
                          now - p->attempt_ns, p->req, p->tries_on_model, p->status);
@@ -1474,6 +1476,12 @@ void dp__proxy_request_done(struct sy_http_request *req)
     else
         o = SY_OUTCOME_CLIENT_ERROR;
     uint64_t now = sy_now_ns();
+    /* TPM limits reserved an estimate; the provider's count is what was really used. */
+    uint64_t used = p->usage.prompt_tokens + p->usage.completion_tokens;
+    bool served = p->n_trace && p->trace[p->n_trace - 1].outcome == DP_OUT_SUCCESS;
+    dp__gov_tpm_settle(p->w, served ? d : NULL, p->key, p->est_cost_tokens,
+                       p->key && p->key->tpm ? SY_MIN(p->est_cost_tokens, p->key->tpm) : 0,
+                       p->usage.present ? used : p->est_cost_tokens);
     dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
                     p->usage.completion_tokens, now - req->start_ns,
                     p->first_ns ? p->first_ns - req->start_ns : 0);

@@ -100,6 +100,11 @@ uint64_t dp__gov_ttfb_us(struct dp_worker *w, const struct sy_deployment *d);
 void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct sy_deployment *d,
                      const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
                      uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns);
+/** TPM reconciliation: the tokens reserved (estimated prompt plus max_tokens) on deployment <d>
+ * and on key <k> become the <actual> tokens the provider reported (0 for an attempt that
+ * failed): the difference is charged or given back. Either may be NULL or reserve 0. */
+void dp__gov_tpm_settle(struct dp_worker *w, const struct sy_deployment *d, const struct sy_key *k,
+                        uint64_t reserved_dep, uint64_t reserved_key, uint64_t actual);
 /** The shared-memory outcome class of an attempt's outcome. */
 enum sy_outcome dp__gov_outcome(enum dp_outcome o);
 /** A decision worth the log: a retry, a fallback, a rule's route, a rejection. */

@@ -598,3 +598,19 @@ def test_bad_table_at_start_is_fatal_with_a_message(gateway):
     rc = gw.proc.wait(10)
     assert rc != 0
     assert "deployments[0]" in gw.log()
+
+
+def test_azure_deployment_gets_its_path_api_version_and_key_header(gateway, mock, table_for):
+    mock.reset()
+    table = table_for(mock, model="gpt-4o-mini", format="azure", auth="header",
+                      auth_name="api-key", api_key="azure-secret", api_version="2024-10-21")
+    table["deployments"][0]["base_url"] = mock.origin
+    table["deployments"][0]["model"] = "my-gpt4o-deployment"
+    gw = gateway(table)
+    status, _, body = gw.json("POST", CHAT, chat_body())
+    assert status == 200, body
+    sent = mock.requests()[-1]
+    assert sent["path"] == "/openai/deployments/my-gpt4o-deployment/chat/completions"
+    assert "api-version=2024-10-21" in sent.get("query", "")
+    assert sent["headers"]["api-key"] == "azure-secret"
+    assert "authorization" not in sent["headers"]

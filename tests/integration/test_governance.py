@@ -454,3 +454,19 @@ def test_client_key_rpm_limit(gateway, mock):
     assert body["error"]["code"] == "rate_limit_exceeded"
     assert "API key" in body["error"]["message"]
     assert int(headers["retry-after"]) >= 1
+
+
+def test_tpm_reserves_the_estimate_and_is_reconciled_with_real_usage(gateway, mock):
+    mock.reset()
+    t = table([dep(mock, "d", limits={"tpm": 1000})], [model("gpt", [("d", 1)],
+                                                         retry={"attempts": 1})])
+    gw = gateway(t)
+    # Each request reserves ~600 tokens (max_tokens) but the mock reports about ten used:
+    # without reconciliation the second request would find the bucket short.
+    for _ in range(4):
+        status, _, body = chat(gw, max_tokens=600)
+        assert status == 200, body
+    # A request that cannot fit even in an empty bucket is refused.
+    status, headers, body = chat(gw, max_tokens=5000)
+    assert status == 429
+    assert body["error"]["code"] == "rate_limit_exceeded"
