@@ -66,6 +66,7 @@ struct sy_http_conn {
     bool in_value;
     size_t head_bytes;
     int err_status; /* set by a callback that refuses the request (413, 431) */
+    size_t trailer_bytes;
     const char *err_msg;
 
     struct sy_http_request req;
@@ -352,6 +353,7 @@ void sy_http_resp_end(struct sy_http_request *req)
     if (req->resp_chunked) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
         if (conn_write(c, &b, 1) < 0) {
+            req->on_abort = NULL; /* the handler is ending the request itself */
             conn_close(c);
             return;
         }
@@ -391,6 +393,8 @@ void sy_http_resp_send(struct sy_http_request *req, int status, const char *cont
                      uv_buf_init((char *)body, (unsigned)len)};
     bool head_only = req->method == HTTP_HEAD;
     if (conn_write(c, b, head_only || len == 0 ? 1 : 2) < 0) {
+        /* The handler is ending the request itself: no abort call back into it. */
+        req->on_abort = NULL;
         conn_close(c);
         return;
     }
@@ -459,6 +463,7 @@ static void request_reset(struct sy_http_conn *c)
     c->head_bytes = 0;
     c->err_status = 0;
     c->err_msg = NULL;
+    c->trailer_bytes = 0;
 }
 
 /* The response is complete (or abandoned): release the request and move on to the next one. */
@@ -534,6 +539,7 @@ static void refuse(struct sy_http_conn *c, int status, const char *msg)
     c->state = CONN_HANDLING;
     uv_timer_stop(&c->timer);
     c->timer_kind = TIMER_NONE;
+    make_request_id(c);
     const char *type = "invalid_request_error";
     const char *code = status == 413   ? "request_too_large"
                        : status == 431 ? "headers_too_large"
@@ -574,9 +580,25 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Trailers of a chunked body come through the header callbacks once the head is complete: the
+ * head buffer (which the request's headers point into) must not grow then. They are dropped,
+ * counted against the body limit so an endless trailer cannot hold the connection. */
+static int trailer(struct sy_http_conn *c, size_t len)
+{
+    c->trailer_bytes += len;
+    if (c->req.body.len + c->trailer_bytes > c->srv->limits.max_body_bytes) {
+        c->err_status = 413;
+        c->err_msg = "The request body is larger than the server accepts.";
+        return -1;
+    }
+    return 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct sy_http_conn *c = p->data;
+    if (c->state == CONN_BODY)
+        return trailer(c, len);
     if (c->n_spans == 0 || c->in_value) {
         if (c->n_spans == MAX_HEADERS) {
             c->err_status = 431;
@@ -604,6 +626,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct sy_http_conn *c = p->data;
+    if (c->state == CONN_BODY)
+        return trailer(c, len);
     struct hdr_span *s = &c->spans[c->n_spans - 1];
     if (!c->in_value) {
         c->in_value = true;
@@ -641,7 +665,9 @@ static int on_headers_complete(llhttp_t *p)
     req->path = sy_arena_strndup(&req->arena, url, plen);
     req->path_len = plen;
     req->query = q ? sy_arena_strndup(&req->arena, q + 1, c->url_len - plen - 1) : NULL;
-    req->keep_alive = llhttp_should_keep_alive(p);
+    /* Upgrade (h2c, websocket) and CONNECT are not served: the request is answered as plain
+     * HTTP/1.1 and the connection closed, since what follows belongs to the other protocol. */
+    req->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
 
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > cfg->max_body_bytes) {
         c->err_status = 413;
@@ -692,6 +718,12 @@ static size_t conn_parse(struct sy_http_conn *c, const char *d, size_t n)
         if (c->state == CONN_BODY)
             conn_arm(c, TIMER_BODY, c->srv->limits.body_timeout_ms);
         return n;
+    }
+    if (e == HPE_PAUSED_UPGRADE) {
+        /* Upgrade (h2c, websocket) and CONNECT are not served: answer the request as plain
+         * HTTP/1.1 and close, since the bytes after it belong to the other protocol. */
+        c->req.keep_alive = false;
+        e = HPE_PAUSED;
     }
     if (e == HPE_PAUSED) {
         size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - d);

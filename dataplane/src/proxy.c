@@ -618,7 +618,7 @@ static bool is_content_event(const struct sy_sse_event *ev)
 {
     const char *d = ev->data;
     size_t n = ev->data_len;
-    if (n == 0)
+    if (n == 0 || !d)
         return false; /* comment or keep-alive */
     if (!memmem(d, n, "\"choices\"", 9) || memmem(d, n, "\"error\"", 7))
         return true; /* [DONE], an error, anything we do not understand: goes out as it is */

@@ -614,3 +614,25 @@ def test_azure_deployment_gets_its_path_api_version_and_key_header(gateway, mock
     assert "api-version=2024-10-21" in sent.get("query", "")
     assert sent["headers"]["api-key"] == "azure-secret"
     assert "authorization" not in sent["headers"]
+
+
+def test_chunked_body_with_trailers_is_served(gw):
+    # Trailers come through llhttp's header callbacks after the head is complete; they must
+    # not disturb the headers the request already points at (a use-after-free once).
+    body = json.dumps(chat_body()).encode()
+    data = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: application/json\r\nX-Request-Id: trailer-test\r\n"
+            "Connection: close\r\n\r\n").encode()
+    data += f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
+    data += b"X-Trailer: " + b"t" * 700 + b"\r\n\r\n"
+    out = raw_exchange(gw.port, data)
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert b"x-request-id: trailer-test" in out
+
+
+def test_an_upgrade_request_is_answered_then_closed(gw):
+    out = raw_exchange(gw.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, "
+                       b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA"
+                       b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert b"Connection: close" in out
