@@ -402,8 +402,28 @@ void sy_http_resp_send(struct sy_http_request *req, int status, const char *cont
     request_finish(c);
 }
 
+void sy_http_error_json(struct sy_buf *b, const char *type, const char *code, const char *param,
+                        const char *msg)
+{
+    sy_buf_puts(b, "{\"error\":{\"message\":");
+    sy_buf_json_str(b, msg, strlen(msg));
+    sy_buf_puts(b, ",\"type\":");
+    sy_buf_json_str(b, type, strlen(type));
+    sy_buf_puts(b, ",\"param\":");
+    if (param)
+        sy_buf_json_str(b, param, strlen(param));
+    else
+        sy_buf_puts(b, "null");
+    sy_buf_puts(b, ",\"code\":");
+    if (code)
+        sy_buf_json_str(b, code, strlen(code));
+    else
+        sy_buf_puts(b, "null");
+    sy_buf_puts(b, "}}\n");
+}
+
 void sy_http_resp_error(struct sy_http_request *req, int status, const char *type, const char *code,
-                   const char *param, const char *fmt, ...)
+                        const char *param, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -411,21 +431,7 @@ void sy_http_resp_error(struct sy_http_request *req, int status, const char *typ
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     struct sy_buf b = SY_BUF_INIT;
-    sy_buf_puts(&b, "{\"error\":{\"message\":");
-    sy_buf_json_str(&b, msg, strlen(msg));
-    sy_buf_puts(&b, ",\"type\":");
-    sy_buf_json_str(&b, type, strlen(type));
-    sy_buf_puts(&b, ",\"param\":");
-    if (param)
-        sy_buf_json_str(&b, param, strlen(param));
-    else
-        sy_buf_puts(&b, "null");
-    sy_buf_puts(&b, ",\"code\":");
-    if (code)
-        sy_buf_json_str(&b, code, strlen(code));
-    else
-        sy_buf_puts(&b, "null");
-    sy_buf_puts(&b, "}}\n");
+    sy_http_error_json(&b, type, code, param, msg);
     sy_http_resp_send(req, status, "application/json", NULL, b.data, b.len);
     sy_buf_free(&b);
 }

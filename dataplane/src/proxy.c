@@ -180,21 +180,7 @@ api_error_h(struct sy_http_request *req, const char *extra, int status, const ch
         dp_tr_gateway_error(DP_API_ANTHROPIC, status, status == 400 ? type : NULL, code, msg,
                             &b);
     } else {
-        sy_buf_puts(&b, "{\"error\":{\"message\":");
-        sy_buf_json_str(&b, msg, strlen(msg));
-        sy_buf_puts(&b, ",\"type\":");
-        sy_buf_json_str(&b, type, strlen(type));
-        sy_buf_puts(&b, ",\"param\":");
-        if (param)
-            sy_buf_json_str(&b, param, strlen(param));
-        else
-            sy_buf_puts(&b, "null");
-        sy_buf_puts(&b, ",\"code\":");
-        if (code)
-            sy_buf_json_str(&b, code, strlen(code));
-        else
-            sy_buf_puts(&b, "null");
-        sy_buf_puts(&b, "}}\n");
+        sy_http_error_json(&b, type, code, param, msg);
     }
     sy_http_resp_send(req, status, "application/json", extra, b.data, b.len);
     sy_buf_free(&b);

@@ -27,10 +27,7 @@ static inline const char *skip_ws(const char *p, const char *e)
     return p;
 }
 
-/* <p> is at an opening quote; returns the byte after the closing quote, or NULL. A quote is a
- * closing one when an even number of backslashes precede it; each run of backslashes is looked
- * at once, so this stays linear. */
-static const char *skip_string(const char *p, const char *e)
+const char *dp_json_skip_string(const char *p, const char *e)
 {
     const char *s = p + 1;
     for (;;) {
@@ -54,7 +51,7 @@ static const char *skip_container(const char *p, const char *e)
     while (p < e) {
         switch (*p) {
         case '"':
-            p = skip_string(p, e);
+            p = dp_json_skip_string(p, e);
             if (p == NULL)
                 return NULL;
             continue;
@@ -86,7 +83,7 @@ static const char *skip_value(const char *p, const char *e, enum dp_json_type *t
     switch (*p) {
     case '"':
         *type = DP_JSON_STRING;
-        return skip_string(p, e);
+        return dp_json_skip_string(p, e);
     case '{':
         *type = DP_JSON_OBJECT;
         return skip_container(p, e);
@@ -249,7 +246,7 @@ int dp_json_top_members(const char *body, size_t len, dp_json_member_cb cb, void
         if (p >= e || *p != '"')
             return -EINVAL;
         m.key_at = p;
-        const char *ke = skip_string(p, e);
+        const char *ke = dp_json_skip_string(p, e);
         if (ke == NULL)
             return -EINVAL;
         p = skip_ws(ke, e);

@@ -47,6 +47,11 @@ typedef int (*dp_json_member_cb)(void *ud, const struct dp_json_member *m);
  * more than 256 bytes. <cb> may be NULL: then it only checks the structure. */
 int dp_json_top_members(const char *body, size_t len, dp_json_member_cb cb, void *ud);
 
+/** <p> is at the opening quote of a JSON string ending before <e>: the byte after its closing
+ * quote, or NULL. A quote closes the string when an even number of backslashes precede it;
+ * each run of backslashes is looked at once, so this stays linear. */
+const char *dp_json_skip_string(const char *p, const char *e);
+
 /** True when the decoded key of <m> is <lit>/<n>. */
 static inline bool dp_json_key_is(const struct dp_json_member *m, const char *lit, size_t n)
 {

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "rewrite.h"
 #include "translate.h"
 #include "sy/util.h"
 
@@ -56,24 +57,6 @@ static inline const char *skip_ws(const char *p, const char *e)
     return p;
 }
 
-/* <p> is at an opening quote; returns the byte after the closing quote, or NULL. A quote is a
- * closing one when an even number of backslashes precede it. */
-static const char *skip_str(const char *p, const char *e)
-{
-    const char *s = p + 1;
-    for (;;) {
-        const char *q = memchr(s, '"', (size_t)(e - s));
-        if (q == NULL)
-            return NULL;
-        const char *b = q;
-        while (b > s && b[-1] == '\\')
-            b--;
-        if (((q - b) & 1) == 0)
-            return q + 1;
-        s = q + 1;
-    }
-}
-
 /* <p> is at the first byte of a value; returns the byte after it, or NULL. Containers are
  * skipped by counting brackets (with strings skipped whole); scalars run to a delimiter. */
 static const char *skip_val(const char *p, const char *e)
@@ -81,13 +64,13 @@ static const char *skip_val(const char *p, const char *e)
     if (p >= e)
         return NULL;
     if (*p == '"')
-        return skip_str(p, e);
+        return dp_json_skip_string(p, e);
     if (*p == '{' || *p == '[') {
         size_t depth = 0;
         while (p < e) {
             char c = *p;
             if (c == '"') {
-                p = skip_str(p, e);
+                p = dp_json_skip_string(p, e);
                 if (p == NULL)
                     return NULL;
                 continue;
@@ -124,7 +107,7 @@ static bool obj_scan(struct jv obj, const struct key *keys, size_t n, struct jv 
     for (;;) {
         if (p >= e || *p != '"')
             return false;
-        const char *ks = p + 1, *ke = skip_str(p, e);
+        const char *ks = p + 1, *ke = dp_json_skip_string(p, e);
         if (ke == NULL)
             return false;
         size_t kl = (size_t)(ke - 1 - ks);

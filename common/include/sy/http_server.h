@@ -148,6 +148,11 @@ void sy_http_resp_abort(struct sy_http_request *req);
 /** Send a whole response (borrowed <body>) in one go and end the request. */
 void sy_http_resp_send(struct sy_http_request *req, int status, const char *content_type,
                        const char *extra, const char *body, size_t len);
+/** Append to <b> an error body in OpenAI's shape {"error":{"message","type","param","code"}};
+ * <param> and <code> may be NULL (JSON null). All strings borrowed. */
+void sy_http_error_json(struct sy_buf *b, const char *type, const char *code, const char *param,
+                        const char *msg);
+
 /** Send an error in OpenAI's shape {"error":{"message","type","param","code"}} and end the
  * request. <param> and <code> may be NULL (JSON null). */
 void sy_http_resp_error(struct sy_http_request *req, int status, const char *type,
