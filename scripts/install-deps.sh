@@ -11,6 +11,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGES=(
     # toolchain and build
     gcc libc6-dev clang meson ninja-build pkg-config
+    libclang-rt-14-dev  # the sanitizer runtimes (only recommended by clang, not pulled in)
     # libraries the C code links
     libuv1-dev libssl-dev libmsgpack-dev libpq-dev libjansson-dev libvectorscan-dev
     node-llhttp    # llhttp's generated C sources, compiled by meson.build
