@@ -337,6 +337,33 @@ void cp_json_merge(json_t *doc, json_t *patch, const char *const *deep)
     }
 }
 
+void cp_call_on_doc(struct cp_call *c, const PGresult *res, const char *err)
+{
+    if (err) {
+        cp_call_db_failed(c, res, err);
+        return;
+    }
+    cp_call_doc_result(c, 200, res);
+}
+
+void cp_call_on_page(struct cp_call *c, const PGresult *res, const char *err)
+{
+    if (err) {
+        cp_call_db_failed(c, res, err);
+        return;
+    }
+    cp_call_page_result(c, res, (int)(intptr_t)c->state);
+}
+
+void cp_call_on_written(struct cp_call *c, const PGresult *res, const char *err)
+{
+    if (err) {
+        cp_call_db_failed(c, res, err);
+        return;
+    }
+    cp_call_doc_result(c, c->req->method == HTTP_POST ? 201 : 200, res);
+}
+
 /* ============================================================================================
  * Validation
  * ========================================================================================== */

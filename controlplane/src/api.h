@@ -82,6 +82,14 @@ void cp_call_doc_result(struct cp_call *c, int status, const PGresult *res);
  * "limits": {"rpm": 10} changes only rpm; any other member is replaced as a whole. */
 void cp_json_merge(json_t *doc, json_t *patch, const char *const *deep);
 
+/* Query callbacks most handlers share: a failed query is answered by cp_call_db_failed. */
+/** Answer the document of one row (cp_call_doc_result with 200). */
+void cp_call_on_doc(struct cp_call *c, const PGresult *res, const char *err);
+/** Answer a page (cp_call_page_result); the page's limit was stored in c->state. */
+void cp_call_on_page(struct cp_call *c, const PGresult *res, const char *err);
+/** Answer a written row's document: 201 after a POST, 200 after a PUT or PATCH. */
+void cp_call_on_written(struct cp_call *c, const PGresult *res, const char *err);
+
 /** Text of query parameter <name> decoded, or NULL; the string is the call's (freed with it). */
 const char *cp_call_param(struct cp_call *c, const char *name);
 

@@ -101,29 +101,11 @@ static bool validate(struct cp_call *c, json_t *doc, struct deployment_row *r)
 
 /* ---- reads ----------------------------------------------------------------------------------- */
 
-static void on_doc(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_doc_result(c, 200, res);
-}
-
 static void get(struct cp_call *c)
 {
     const char *p[] = {c->name};
     cp_call_query(c, "SELECT deployment_doc(d), d.version FROM deployments d WHERE d.name = $1", 1,
-                  p, on_doc);
-}
-
-static void on_page(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_page_result(c, res, (int)(intptr_t)c->state);
+                  p, cp_call_on_doc);
 }
 
 /* ?q= matches the name, the model id or the provider's name, case-insensitively. */
@@ -144,7 +126,7 @@ static void list(struct cp_call *c)
                   " OR strpos(lower(d.model), lower($3)) > 0"
                   " OR strpos(lower(p.name), lower($3)) > 0)"
                   " ORDER BY d.id LIMIT $2",
-                  3, p, on_page);
+                  3, p, cp_call_on_page);
 }
 
 /* ---- writes ---------------------------------------------------------------------------------- */

@@ -174,15 +174,6 @@ static bool validate(struct cp_call *c, json_t *doc, struct key_row *r)
 
 /* ---- reads ----------------------------------------------------------------------------------- */
 
-static void on_doc(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_doc_result(c, 200, res);
-}
-
 static void get(struct cp_call *c)
 {
     const char *p[] = {item_id(c)};
@@ -191,16 +182,7 @@ static void get(struct cp_call *c)
         return;
     }
     cp_call_query(c, "SELECT api_key_doc(k), k.version FROM api_keys k WHERE k.id = $1::bigint", 1,
-                  p, on_doc);
-}
-
-static void on_page(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_page_result(c, res, (int)(intptr_t)c->state);
+                  p, cp_call_on_doc);
 }
 
 /* ?q= matches the name, agent, user, tier or prefix, case-insensitively. */
@@ -219,7 +201,7 @@ static void list(struct cp_call *c)
                   " AND ($3::text IS NULL OR strpos(lower(concat_ws(' ', k.name, k.agent,"
                   " k.user_name, k.tier, k.key_prefix)), lower($3)) > 0)"
                   " ORDER BY k.id LIMIT $2",
-                  3, p, on_page);
+                  3, p, cp_call_on_page);
 }
 
 /* ---- writes ---------------------------------------------------------------------------------- */

@@ -168,29 +168,11 @@ fail:
 
 /* ---- reads ----------------------------------------------------------------------------------- */
 
-static void on_doc(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_doc_result(c, 200, res);
-}
-
 static void get(struct cp_call *c)
 {
     const char *p[] = {c->name};
     cp_call_query(c, "SELECT model_doc(m), m.version FROM models m WHERE m.name = $1", 1, p,
-                  on_doc);
-}
-
-static void on_page(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_page_result(c, res, (int)(intptr_t)c->state);
+                  cp_call_on_doc);
 }
 
 /* ?q= matches the name or the description, case-insensitively. */
@@ -209,19 +191,10 @@ static void list(struct cp_call *c)
                   " AND ($3::text IS NULL OR strpos(lower(m.name), lower($3)) > 0"
                   " OR strpos(lower(coalesce(m.description, '')), lower($3)) > 0)"
                   " ORDER BY m.id LIMIT $2",
-                  3, p, on_page);
+                  3, p, cp_call_on_page);
 }
 
 /* ---- writes ---------------------------------------------------------------------------------- */
-
-static void on_written(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_doc_result(c, c->req->method == HTTP_POST ? 201 : 200, res);
-}
 
 /* Hand the clean document <doc> (taken) to model_write() for the model named <name> (NULL:
  * create) at version <expected> (< 0: any). */
@@ -232,7 +205,7 @@ static void write_model(struct cp_call *c, const char *name, int64_t expected, j
     json_decref(doc);
     const char *p[] = {name, expected >= 0 ? cp_i64(v, expected) : NULL, text};
     cp_call_query(c, "SELECT out_doc, out_version FROM model_write($1, $2::int, $3::jsonb)", 3, p,
-                  on_written);
+                  cp_call_on_written);
     free(text);
 }
 

@@ -187,29 +187,11 @@ static void params_of(const struct provider_row *r, const char **p)
 
 /* ---- reads ----------------------------------------------------------------------------------- */
 
-static void on_doc(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_doc_result(c, 200, res);
-}
-
 static void get(struct cp_call *c)
 {
     const char *p[] = {c->name};
     cp_call_query(c, "SELECT provider_doc(p), p.version FROM providers p WHERE p.name = $1", 1, p,
-                  on_doc);
-}
-
-static void on_page(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_page_result(c, res, (int)(intptr_t)c->state);
+                  cp_call_on_doc);
 }
 
 static void list(struct cp_call *c)
@@ -226,19 +208,10 @@ static void list(struct cp_call *c)
                   "SELECT p.id, provider_doc(p) FROM providers p WHERE p.id > $1 "
                   "AND ($3::text IS NULL OR p.name ILIKE '%' || $3 || '%' OR p.kind ILIKE '%' "
                   "|| $3 || '%') ORDER BY p.id LIMIT $2",
-                  3, p, on_page);
+                  3, p, cp_call_on_page);
 }
 
 /* ---- writes ---------------------------------------------------------------------------------- */
-
-static void on_written(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp_call_doc_result(c, c->req->method == HTTP_POST ? 201 : 200, res);
-}
 
 static void create(struct cp_call *c)
 {
@@ -254,7 +227,7 @@ static void create(struct cp_call *c)
                       " CASE WHEN $11 = 'set' THEN $12::bytea END,"
                       " CASE WHEN $11 = 'set' THEN $13 END, CASE WHEN $11 = 'set' THEN $14 END"
                       " RETURNING provider_doc(providers), version",
-                      14, p, on_written);
+                      14, p, cp_call_on_written);
     }
     row_free(&r);
 }
