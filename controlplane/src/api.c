@@ -364,6 +364,27 @@ void cp_call_on_written(struct cp_call *c, const PGresult *res, const char *err)
     cp_call_doc_result(c, c->req->method == HTTP_POST ? 201 : 200, res);
 }
 
+void cp_call_on_removed(struct cp_call *c, const PGresult *res, const char *err)
+{
+    if (err) {
+        cp_call_db_failed(c, res, err);
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "0") == 0) {
+        cp_call_not_found(c);
+    } else if (!PQgetisnull(res, 0, 1)) {
+        cp_call_error(c, 409, "conflict_error", "still_referenced", NULL, "%s \"%s\" %s: %s; %s",
+                      c->res->kind, c->name, c->res->referrers, PQgetvalue(res, 0, 1),
+                      c->res->referrers_fix);
+    } else if (strcmp(PQgetvalue(res, 0, 2), "0") == 0) {
+        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
+                      "%s \"%s\" has changed since version %lld", c->res->kind, c->name,
+                      (long long)c->if_match);
+    } else {
+        cp_call_json(c, 204, NULL, -1);
+    }
+}
+
 /* ============================================================================================
  * Validation
  * ========================================================================================== */

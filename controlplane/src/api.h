@@ -23,6 +23,8 @@ struct cp_call;
 struct cp_resource {
     const char *name; /* path segment: "providers" */
     const char *kind; /* singular for messages: "provider" */
+    const char *referrers;     /* "is still used by deployments": a refused delete's message */
+    const char *referrers_fix; /* ...and what to do: "delete or move them first" */
     void (*list)(struct cp_call *c);
     void (*get)(struct cp_call *c);
     void (*create)(struct cp_call *c);
@@ -89,6 +91,11 @@ void cp_call_on_doc(struct cp_call *c, const PGresult *res, const char *err);
 void cp_call_on_page(struct cp_call *c, const PGresult *res, const char *err);
 /** Answer a written row's document: 201 after a POST, 200 after a PUT or PATCH. */
 void cp_call_on_written(struct cp_call *c, const PGresult *res, const char *err);
+
+/** Answer a delete whose query returned one row (existed: count, referrers: names or NULL,
+ * deleted: count): 404, 409 naming the referrers (with the resource's referrers phrases), 412
+ * when If-Match no longer held, else 204. */
+void cp_call_on_removed(struct cp_call *c, const PGresult *res, const char *err);
 
 /** Text of query parameter <name> decoded, or NULL; the string is the call's (freed with it). */
 const char *cp_call_param(struct cp_call *c, const char *name);

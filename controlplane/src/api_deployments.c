@@ -234,28 +234,6 @@ static void update(struct cp_call *c, bool replace)
                   p, on_update_read);
 }
 
-static void on_removed(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    if (strcmp(PQgetvalue(res, 0, 0), "0") == 0) {
-        cp_call_not_found(c);
-    } else if (!PQgetisnull(res, 0, 1)) {
-        cp_call_error(c, 409, "conflict_error", "still_referenced", NULL,
-                      "deployment \"%s\" is still a target of models: %s; remove it from their "
-                      "targets first",
-                      c->name, PQgetvalue(res, 0, 1));
-    } else if (strcmp(PQgetvalue(res, 0, 2), "0") == 0) {
-        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
-                      "deployment \"%s\" has changed since version %lld", c->name,
-                      (long long)c->if_match);
-    } else {
-        cp_call_json(c, 204, NULL, -1);
-    }
-}
-
 static void remove_(struct cp_call *c)
 {
     char v[24];
@@ -270,12 +248,14 @@ static void remove_(struct cp_call *c)
                   "   AND ($2::int IS NULL OR version = $2::int) RETURNING id)"
                   " SELECT (SELECT count(*) FROM d), (SELECT names FROM refs),"
                   " (SELECT count(*) FROM del)",
-                  2, p, on_removed);
+                  2, p, cp_call_on_removed);
 }
 
 const struct cp_resource cp_api_deployments = {
     .name = "deployments",
     .kind = "deployment",
+    .referrers = "is still a target of models",
+    .referrers_fix = "remove it from their targets first",
     .list = list,
     .get = get,
     .create = create,

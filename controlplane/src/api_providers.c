@@ -306,28 +306,6 @@ static void update(struct cp_call *c, bool replace)
                   on_update_read);
 }
 
-static void on_removed(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    if (strcmp(PQgetvalue(res, 0, 0), "0") == 0) {
-        cp_call_not_found(c);
-    } else if (!PQgetisnull(res, 0, 1)) {
-        cp_call_error(c, 409, "conflict_error", "still_referenced", NULL,
-                      "provider \"%s\" is still used by deployments: %s; delete or move them "
-                      "first",
-                      c->name, PQgetvalue(res, 0, 1));
-    } else if (strcmp(PQgetvalue(res, 0, 2), "0") == 0) {
-        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
-                      "provider \"%s\" has changed since version %lld", c->name,
-                      (long long)c->if_match);
-    } else {
-        cp_call_json(c, 204, NULL, -1);
-    }
-}
-
 static void remove_(struct cp_call *c)
 {
     char v[24];
@@ -341,12 +319,14 @@ static void remove_(struct cp_call *c)
                   "   AND ($2::int IS NULL OR version = $2::int) RETURNING id)"
                   " SELECT (SELECT count(*) FROM p), (SELECT names FROM refs),"
                   " (SELECT count(*) FROM del)",
-                  2, p, on_removed);
+                  2, p, cp_call_on_removed);
 }
 
 const struct cp_resource cp_api_providers = {
     .name = "providers",
     .kind = "provider",
+    .referrers = "is still used by deployments",
+    .referrers_fix = "delete or move them first",
     .list = list,
     .get = get,
     .create = create,
