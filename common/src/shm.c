@@ -76,17 +76,22 @@ int sy_shm_layout(struct sy_shm_caps *caps, struct sy_shm_header *h, char **err)
         caps->key_model_entries = SY_SHM_DEFAULT_KEY_MODELS;
     if (!caps->event_cells)
         caps->event_cells = SY_SHM_DEFAULT_EVENTS;
+    if (!caps->combo_cells)
+        caps->combo_cells = SY_SHM_DEFAULT_COMBOS;
     /* Bounds that keep every size below far from overflow and the segment sane. */
     if (caps->max_workers > 4096 || caps->max_deployments > (1u << 20) ||
         caps->max_models > (1u << 20) || caps->max_keys > (1u << 22) ||
-        caps->key_model_entries > (1u << 24) || caps->event_cells > (1u << 24))
+        caps->key_model_entries > (1u << 24) || caps->event_cells > (1u << 24) ||
+        caps->combo_cells > (1u << 22))
         return say(err, -EINVAL,
                    "shared memory capacities too large: workers=%u deployments=%u models=%u "
-                   "keys=%u key_models=%u events=%u (at most 4096, 2^20, 2^20, 2^22, 2^24, 2^24)",
+                   "keys=%u key_models=%u events=%u combos=%u (at most 4096, 2^20, 2^20, 2^22, "
+                   "2^24, 2^24, 2^22)",
                    caps->max_workers, caps->max_deployments, caps->max_models, caps->max_keys,
-                   caps->key_model_entries, caps->event_cells);
+                   caps->key_model_entries, caps->event_cells, caps->combo_cells);
     caps->key_model_entries = pow2_at_least(caps->key_model_entries);
     caps->event_cells = pow2_at_least(caps->event_cells < 2 ? 2 : caps->event_cells);
+    caps->combo_cells = pow2_at_least(caps->combo_cells);
 
     memset(h, 0, sizeof(*h));
     h->version = SY_SHM_VERSION;
@@ -106,6 +111,8 @@ int sy_shm_layout(struct sy_shm_caps *caps, struct sy_shm_header *h, char **err)
     h->off_events = off;
     off = align64(off + sizeof(struct sy_shm_event_ring) +
                   (uint64_t)caps->event_cells * sizeof(struct sy_shm_event_cell));
+    h->off_combos = off;
+    off = align64(off + ((uint64_t)caps->combo_cells + 1) * sizeof(struct sy_shm_combo));
     h->off_shards = off;
     h->shard_off_models = (uint64_t)caps->max_deployments * sizeof(struct sy_shm_obj_counters);
     h->shard_off_keys =
@@ -130,6 +137,7 @@ static void bind(struct sy_shm *shm, const struct sy_shm_header *h)
     shm->ring = (struct sy_shm_event_ring *)(void *)(shm->base + h->off_events);
     shm->cells = (struct sy_shm_event_cell *)(void *)(shm->base + h->off_events +
                                                       sizeof(struct sy_shm_event_ring));
+    shm->combos = (struct sy_shm_combo *)(void *)(shm->base + h->off_combos);
     shm->shards = shm->base + h->off_shards;
     shm->shard_stride = h->shard_stride;
     shm->shard_off_models = h->shard_off_models;
@@ -301,10 +309,10 @@ int sy_shm_attach(const char *path, bool writable, struct sy_shm **out, char **e
     char *lerr = NULL;
     if (sy_shm_layout(&caps, &want, &lerr) < 0 || memcmp(&caps, &hdr->caps, sizeof(caps)) != 0 ||
         want.size != hdr->size || want.off_shards != hdr->off_shards ||
-        want.off_events != hdr->off_events || want.shard_stride != hdr->shard_stride ||
-        want.off_workers != hdr->off_workers || want.off_deployments != hdr->off_deployments ||
-        want.off_models != hdr->off_models || want.off_keys != hdr->off_keys ||
-        want.off_key_models != hdr->off_key_models ||
+        want.off_events != hdr->off_events || want.off_combos != hdr->off_combos ||
+        want.shard_stride != hdr->shard_stride || want.off_workers != hdr->off_workers ||
+        want.off_deployments != hdr->off_deployments || want.off_models != hdr->off_models ||
+        want.off_keys != hdr->off_keys || want.off_key_models != hdr->off_key_models ||
         want.shard_off_models != hdr->shard_off_models ||
         want.shard_off_keys != hdr->shard_off_keys) {
         free(lerr);
@@ -421,6 +429,77 @@ struct sy_shm_key_model *sy_shm_key_model(struct sy_shm *shm, uint32_t key_slot,
             return e;
     }
     return NULL;
+}
+
+/* Pack three slots into a combination tag; 0 when none is given or one does not fit. */
+static uint64_t combo_tag(uint32_t dep, uint32_t model, uint32_t key)
+{
+    uint64_t d = dep == SY_SHM_NO_SLOT ? 0 : (uint64_t)dep + 1;
+    uint64_t m = model == SY_SHM_NO_SLOT ? 0 : (uint64_t)model + 1;
+    uint64_t k = key == SY_SHM_NO_SLOT ? 0 : (uint64_t)key + 1;
+    if (d >= (1u << 21) || m >= (1u << 21) || k >= (1u << 22))
+        return 0;
+    return d << 43 | m << 22 | k;
+}
+
+struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, uint32_t dep_slot, uint32_t model_slot,
+                                  uint32_t key_slot, uint64_t key_id)
+{
+    if (!shm->writable || !shm->combos)
+        return NULL;
+    struct sy_shm_combo *overflow = &shm->combos[shm->caps.combo_cells];
+    if (dep_slot == SY_SHM_NO_SLOT && model_slot == SY_SHM_NO_SLOT && key_slot == SY_SHM_NO_SLOT)
+        return NULL;
+    if ((dep_slot != SY_SHM_NO_SLOT && dep_slot >= shm->caps.max_deployments) ||
+        (model_slot != SY_SHM_NO_SLOT && model_slot >= shm->caps.max_models) ||
+        (key_slot != SY_SHM_NO_SLOT && key_slot >= shm->caps.max_keys))
+        return overflow;
+    uint64_t tag = combo_tag(dep_slot, model_slot, key_slot);
+    if (!tag)
+        return overflow;
+    uint64_t h = (tag ^ key_id * UINT64_C(0xff51afd7ed558ccd)) * UINT64_C(0x9e3779b97f4a7c15);
+    uint32_t mask = shm->caps.combo_cells - 1;
+    uint32_t i = (uint32_t)(h >> 32) & mask;
+    for (uint32_t n = 0; n < SY_SHM_COMBO_PROBES && n <= mask; n++, i = (i + 1) & mask) {
+        struct sy_shm_combo *e = &shm->combos[i];
+        uint64_t t = atomic_load_explicit(&e->tag, memory_order_acquire);
+        if (t == 0 &&
+            atomic_compare_exchange_strong_explicit(&e->tag, &t, SY_SHM_COMBO_CLAIMING,
+                                                    memory_order_acquire, memory_order_acquire)) {
+            atomic_store_explicit(&e->key_id, key_id, memory_order_relaxed);
+            atomic_store_explicit(&e->tag, tag, memory_order_release);
+            return e;
+        }
+        /* A cell being claimed right now may be ours: passing it by costs at worst a second
+         * cell for the combination, which the flush adds up with the first. */
+        if (t == tag && atomic_load_explicit(&e->key_id, memory_order_relaxed) == key_id)
+            return e;
+    }
+    return overflow;
+}
+
+bool sy_shm_combo_peek(const struct sy_shm *shm, uint32_t i, struct sy_shm_combo_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!shm->combos || i > shm->caps.combo_cells)
+        return false;
+    const struct sy_shm_combo *e = &shm->combos[i];
+    uint64_t tag =
+        i == shm->caps.combo_cells ? 0 : atomic_load_explicit(&e->tag, memory_order_acquire);
+    if (i < shm->caps.combo_cells && (tag == 0 || tag == SY_SHM_COMBO_CLAIMING))
+        return false;
+    uint64_t d = tag >> 43, m = (tag >> 22) & ((1u << 21) - 1), k = tag & ((1u << 22) - 1);
+    out->overflow = i == shm->caps.combo_cells;
+    out->deployment_slot = d ? (uint32_t)(d - 1) : SY_SHM_NO_SLOT;
+    out->model_slot = m ? (uint32_t)(m - 1) : SY_SHM_NO_SLOT;
+    out->key_slot = k ? (uint32_t)(k - 1) : SY_SHM_NO_SLOT;
+    out->key_id = atomic_load_explicit(&e->key_id, memory_order_relaxed);
+    for (int c = 0; c < SY_COMBO_CTR_MAX; c++)
+        out->ctr[c] = atomic_load_explicit(&e->ctr[c], memory_order_relaxed);
+    for (int b = 0; b < SY_HIST_BUCKETS; b++)
+        out->hist[b] = atomic_load_explicit(&e->latency.bucket[b], memory_order_relaxed);
+    out->hist_sum_us = atomic_load_explicit(&e->latency.sum_us, memory_order_relaxed);
+    return out->overflow ? out->ctr[SY_COMBO_REQUESTS] != 0 : true;
 }
 
 /* ---- workers ------------------------------------------------------------------------------- */

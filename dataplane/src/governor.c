@@ -303,6 +303,12 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
         if (cost)
             sy_shm_add(all[i], SY_CTR_COST_MICROS, cost);
     }
+    /* the same request once more, per combination: "cost of model X for user Y on deployment Z"
+     * (the deployment is the one that answered last) */
+    sy_shm_combo_count(sy_shm_combo(w->shm, d ? d->slot : SY_SHM_NO_SLOT,
+                                    m ? m->slot : SY_SHM_NO_SLOT, k ? k->slot : SY_SHM_NO_SLOT,
+                                    k ? k->id : 0),
+                       o, prompt_tokens, completion_tokens, cost, total_ns / 1000);
 }
 
 /* Move limiter <word> of <limit> tokens per minute from <reserved> to <actual> tokens. */

@@ -36,6 +36,8 @@ struct dp_config {
     char *shm_path;        /* SWITCHYARD_SHM, --shm: the node's shared-memory segment file
                             * the control plane attaches (default: anonymous) */
     char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */
+    uint32_t shm_combos;   /* SWITCHYARD_SHM_COMBOS, --shm-combos (16384): usage cells per
+                            * deployment x model x key combination */
 };
 
 /** Fill <c> from defaults, then the environment, then <argv>. On a bad value returns -EINVAL

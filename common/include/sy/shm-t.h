@@ -20,6 +20,9 @@
  *   +----------------------------+ off_events
  *   | sy_shm_event_ring          |   positions, drop counters
  *   | sy_shm_event_cell[cells]   |   256-byte cells of the decision log
+ *   +----------------------------+ off_combos
+ *   | sy_shm_combo[cells + 1]    |   usage per (deployment, model, key): open addressing, the
+ *   |                            |   last cell counts what found no room
  *   +----------------------------+ off_shards
  *   | shard 0: dep, model, key   |   counters written only by worker 0
  *   | shard 1 ...                |   (shard_stride bytes each, max_workers of them)
@@ -44,21 +47,23 @@
 /** "SYSHMSEG" read as a little-endian 64-bit number. */
 #define SY_SHM_MAGIC UINT64_C(0x4745534d48535953)
 /** Layout version: bump on any change (see above). */
-#define SY_SHM_VERSION 1u
+#define SY_SHM_VERSION 2u
 
 /** "No slot", for an event that concerns no model, deployment or key. */
 #define SY_SHM_NO_SLOT UINT32_MAX
 
 /* Default capacities, used for a zero field of struct sy_shm_caps. With them the segment is
- * 23.5 MiB: 19 MiB of counter shards (608 KiB per worker), a 4 MiB event ring, 0.5 MiB of
- * shared state; sy_shm_create() allocates all of it up front, so a /dev/shm that is too
- * small fails at start-up, never with SIGBUS in a worker. Docker's default /dev/shm is 64 MiB. */
+ * 30.5 MiB: 19 MiB of counter shards (608 KiB per worker), a 4 MiB event ring, 7 MiB of
+ * combination cells, 0.5 MiB of shared state; sy_shm_create() allocates all of it up front, so a
+ * /dev/shm that is too small fails at start-up, never with SIGBUS in a worker. Docker's default
+ * /dev/shm is 64 MiB. */
 #define SY_SHM_DEFAULT_WORKERS     32u
 #define SY_SHM_DEFAULT_DEPLOYMENTS 256u
 #define SY_SHM_DEFAULT_MODELS      256u
 #define SY_SHM_DEFAULT_KEYS        1024u
 #define SY_SHM_DEFAULT_KEY_MODELS  4096u  /* rounded up to a power of two */
 #define SY_SHM_DEFAULT_EVENTS      16384u /* rounded up to a power of two */
+#define SY_SHM_DEFAULT_COMBOS      16384u /* rounded up to a power of two */
 
 /** How many objects of each kind the segment has room for. */
 struct sy_shm_caps {
@@ -68,6 +73,7 @@ struct sy_shm_caps {
     uint32_t max_keys;
     uint32_t key_model_entries; /* power of two */
     uint32_t event_cells;       /* power of two */
+    uint32_t combo_cells;       /* power of two; the overflow cell comes on top */
 };
 
 /** The kinds of object that own a slot. */
@@ -176,6 +182,7 @@ struct sy_shm_header {
     uint64_t off_keys;
     uint64_t off_key_models;
     uint64_t off_events;
+    uint64_t off_combos;
     uint64_t off_shards;
     uint64_t shard_stride; /* bytes per worker shard */
     /* the shard layout: deployments, then models, then keys */
@@ -257,6 +264,47 @@ struct sy_shm_key_model {
     alignas(64) _Atomic uint64_t tag;
     _Atomic uint64_t rpm;
     _Atomic uint64_t tpm;
+};
+
+/* ---- usage per combination ------------------------------------------------------------------ */
+
+/** Counters of a combination cell: enum name, the usage_flush() field it feeds. */
+#define SY_COMBO_CTR_MAP(X)                                                                        \
+    X(REQUESTS, "requests")         /* requests, whatever their outcome */                         \
+    X(SUCCESSES, "successes")       /* of which succeeded */                                       \
+    X(RATE_LIMITED, "rate_limited") /* of which our own limits refused */                          \
+    X(PROMPT_TOKENS, "prompt_tokens")                                                              \
+    X(COMPLETION_TOKENS, "completion_tokens")                                                      \
+    X(COST_MICROS, "cost_micros")
+
+enum sy_combo_ctr {
+#define SY__X(name, field) SY_COMBO_##name,
+    SY_COMBO_CTR_MAP(SY__X)
+#undef SY__X
+        SY_COMBO_CTR_MAX,
+};
+
+/** A tag being written: the claimer is storing the key id (see struct sy_shm_combo). */
+#define SY_SHM_COMBO_CLAIMING UINT64_MAX
+
+/** The usage of one combination (deployment slot, model slot, key slot, key id), counted by
+ * every worker of the node with relaxed atomic adds on the cell itself (not sharded per worker:
+ * 16,384 cells x 448 bytes is 7 MiB once, sharding would multiply it by the workers; see
+ * docs/benchmarks.md for what a shared add costs).
+ *
+ * An open-addressing table, linear probing: <tag> packs the three slots, each plus one so
+ * that 0 says "none", (deployment << 43 | model << 22 | key), and a cell is claimed once by CAS
+ * from 0 to SY_SHM_COMBO_CLAIMING, then <key_id> is stored, then the tag with release order.
+ * A cell matches when both the tag and the key id match, so a key slot reused by a new key
+ * opens a new cell instead of adding to the old key's. Cells are never freed within a segment:
+ * the flush reads them cumulatively. The cell after the last counts every request that found
+ * no cell within 64 probes (or whose slot does not fit in the tag): its requests are the
+ * overflow count. */
+struct sy_shm_combo {
+    alignas(64) _Atomic uint64_t tag; /* read on every lookup: a line of its own */
+    _Atomic uint64_t key_id;          /* the control plane's key id; 0 for none */
+    alignas(64) _Atomic uint64_t ctr[SY_COMBO_CTR_MAX];
+    struct sy_shm_hist latency; /* request start to last byte */
 };
 
 /* ---- the decision log ---------------------------------------------------------------------- */
@@ -360,6 +408,7 @@ static_assert(sizeof(struct sy_shm_key_model) == 64, "key-model entry");
 static_assert(sizeof(struct sy_shm_event) == 248, "event record");
 static_assert(sizeof(struct sy_shm_event_cell) == 256, "event cell");
 static_assert(sizeof(struct sy_shm_event_ring) == 192, "ring control block");
+static_assert(sizeof(struct sy_shm_combo) == 448, "combination cell: seven lines");
 static_assert(alignof(struct sy_shm_dep_state) == 64 && alignof(struct sy_shm_obj_counters) == 64,
               "blocks start on a cache line");
 static_assert(sizeof(_Atomic uint64_t) == 8 && alignof(_Atomic uint64_t) == 8,
@@ -382,6 +431,7 @@ struct sy_shm {
     struct sy_shm_key_model *key_models;
     struct sy_shm_event_ring *ring;
     struct sy_shm_event_cell *cells;
+    struct sy_shm_combo *combos; /* caps.combo_cells + 1: the last is the overflow cell */
     char *shards;
     uint64_t shard_stride;
     uint64_t shard_off_models;

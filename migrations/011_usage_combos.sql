@@ -1,0 +1,219 @@
+-- SPDX-License-Identifier: Apache-2.0
+-- Usage per combination: minute x node x deployment x model x key (with the key's agent and
+-- user), so that "the cost of model X for user Y on deployment Z" has an answer
+-- (docs/observability.md).
+--
+-- The segment keeps one cell per combination seen (sy_shm_combo in common/include/sy/shm-t.h):
+-- the deployment that answered a request (the last one tried), the public model asked for, the
+-- client key (its slot and its id). The flush works exactly like usage_flush() of
+-- 005_usage_events.sql, with a watermark per cell: usage_combo_flush() subtracts the totals last
+-- accounted for, adds the differences to the current minute and moves the watermark, in the
+-- same statement as usage_flush(), so a database outage loses nothing and a control-plane
+-- restart counts nothing twice. A cell belongs to one combination for the life of its segment,
+-- so the watermark is keyed by cell; a new segment (a new generation) drops the node's
+-- watermarks.
+--
+-- Names: a deployment or a model is named by who owns its slot now, or as last seen; a key by
+-- its id (so a key slot reused by another key never takes the old key's counts), or as last
+-- seen once it is deleted. '' stands for "none" (a request refused before it had a model, a
+-- deployment or a key). The overflow cell, the requests that found no cell, is named '(other)'
+-- in all three.
+--
+-- The combination counts requests (not attempts), with their latency; it has no retries or
+-- fallbacks, which are per model.
+--
+-- Migrations run inside a transaction: no BEGIN/COMMIT here.
+
+CREATE TABLE usage_combo_minute (
+    minute timestamptz NOT NULL,
+    node text NOT NULL,
+    deployment text NOT NULL DEFAULT '',
+    model text NOT NULL DEFAULT '',
+    key text NOT NULL DEFAULT '',
+    agent text NOT NULL DEFAULT '',
+    user_name text NOT NULL DEFAULT '',
+    requests bigint NOT NULL DEFAULT 0,
+    successes bigint NOT NULL DEFAULT 0,
+    errors bigint NOT NULL DEFAULT 0, -- requests - successes
+    rate_limited bigint NOT NULL DEFAULT 0,
+    prompt_tokens bigint NOT NULL DEFAULT 0,
+    completion_tokens bigint NOT NULL DEFAULT 0,
+    cost numeric(24, 6) NOT NULL DEFAULT 0,
+    latency_count bigint NOT NULL DEFAULT 0,
+    latency_sum_us bigint NOT NULL DEFAULT 0,
+    latency_buckets bigint[],
+    PRIMARY KEY (minute, node, deployment, model, key, agent, user_name)
+);
+CREATE INDEX usage_combo_minute_model_idx ON usage_combo_minute (model, minute);
+CREATE INDEX usage_combo_minute_user_idx ON usage_combo_minute (user_name, minute);
+
+-- Minutes older than the retention, summed per hour.
+CREATE TABLE usage_combo_hour (LIKE usage_combo_minute INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE usage_combo_hour RENAME COLUMN minute TO hour;
+ALTER TABLE usage_combo_hour ADD PRIMARY KEY (hour, node, deployment, model, key, agent, user_name);
+
+-- The totals of each cell of each node last added to the rollups, and the names they went to.
+CREATE TABLE usage_combo_watermarks (
+    node text NOT NULL,
+    generation bigint NOT NULL,
+    cell int NOT NULL,
+    deployment text NOT NULL DEFAULT '',
+    model text NOT NULL DEFAULT '',
+    key text NOT NULL DEFAULT '',
+    agent text NOT NULL DEFAULT '',
+    user_name text NOT NULL DEFAULT '',
+    requests bigint NOT NULL,
+    successes bigint NOT NULL,
+    rate_limited bigint NOT NULL,
+    prompt_tokens bigint NOT NULL,
+    completion_tokens bigint NOT NULL,
+    cost_micros bigint NOT NULL,
+    latency_count bigint NOT NULL,
+    latency_sum_us bigint NOT NULL,
+    latency_buckets bigint[],
+    flushed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (node, cell)
+);
+
+-- Account for the totals <p_rows> of node <p_node>'s segment <p_generation>: a JSON array of
+-- {cell, overflow, deployment_slot, model_slot, key_slot, key_id, requests, successes,
+--  rate_limited, prompt_tokens, completion_tokens, cost_micros, latency_count, latency_sum_us,
+--  latency_buckets}, each a total since the segment was created; a slot of -1 is none.
+-- Returns the number of rollup rows touched.
+CREATE FUNCTION usage_combo_flush(p_node text, p_generation bigint, p_rows jsonb)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('switchyard.usage.' || p_node));
+    DELETE FROM usage_combo_watermarks WHERE node = p_node AND generation <> p_generation;
+
+    WITH r AS (
+        SELECT * FROM jsonb_to_recordset(p_rows) AS r(
+            cell int, overflow boolean, deployment_slot int, model_slot int, key_slot int,
+            key_id bigint, requests bigint, successes bigint, rate_limited bigint,
+            prompt_tokens bigint, completion_tokens bigint, cost_micros bigint,
+            latency_count bigint, latency_sum_us bigint, latency_buckets bigint[])
+        WHERE r.cell >= 0
+    ), f AS (
+        SELECT r.cell,
+               CASE WHEN r.overflow THEN '(other)' WHEN r.deployment_slot < 0 THEN ''
+                    ELSE coalesce(d.name, w.deployment, '#' || r.deployment_slot) END
+                   AS deployment,
+               CASE WHEN r.overflow THEN '(other)' WHEN r.model_slot < 0 THEN ''
+                    ELSE coalesce(m.name, w.model, '#' || r.model_slot) END AS model,
+               CASE WHEN r.overflow THEN '(other)' WHEN r.key_slot < 0 THEN ''
+                    ELSE coalesce(k.name, w.key, '#' || r.key_slot) END AS key,
+               CASE WHEN k.id IS NOT NULL THEN coalesce(k.agent, '')
+                    ELSE coalesce(w.agent, '') END AS agent,
+               CASE WHEN k.id IS NOT NULL THEN coalesce(k.user_name, '')
+                    ELSE coalesce(w.user_name, '') END AS user_name,
+               r.requests, r.successes, r.rate_limited, r.prompt_tokens, r.completion_tokens,
+               r.cost_micros, r.latency_count, r.latency_sum_us, r.latency_buckets,
+               usage_delta(r.requests, w.requests) AS d_requests,
+               usage_delta(r.successes, w.successes) AS d_successes,
+               usage_delta(r.rate_limited, w.rate_limited) AS d_rate_limited,
+               usage_delta(r.prompt_tokens, w.prompt_tokens) AS d_prompt_tokens,
+               usage_delta(r.completion_tokens, w.completion_tokens) AS d_completion_tokens,
+               usage_delta(r.cost_micros, w.cost_micros) AS d_cost_micros,
+               usage_delta(r.latency_count, w.latency_count) AS d_latency_count,
+               usage_delta(r.latency_sum_us, w.latency_sum_us) AS d_latency_sum_us,
+               usage_hist_delta(r.latency_buckets, w.latency_buckets) AS d_latency_buckets
+        FROM r
+        LEFT JOIN usage_combo_watermarks w ON w.node = p_node AND w.cell = r.cell
+        LEFT JOIN deployments d ON NOT r.overflow AND d.slot = r.deployment_slot
+        LEFT JOIN models m ON NOT r.overflow AND m.slot = r.model_slot
+        LEFT JOIN api_keys k ON NOT r.overflow AND r.key_slot >= 0 AND k.id = r.key_id
+    ), up AS (
+        INSERT INTO usage_combo_minute AS u (minute, node, deployment, model, key, agent,
+                                             user_name, requests, successes, errors,
+                                             rate_limited, prompt_tokens, completion_tokens,
+                                             cost, latency_count, latency_sum_us,
+                                             latency_buckets)
+        SELECT date_trunc('minute', now()), p_node, deployment, model, key, agent, user_name,
+               sum(d_requests), sum(d_successes),
+               greatest(sum(d_requests) - sum(d_successes), 0), sum(d_rate_limited),
+               sum(d_prompt_tokens), sum(d_completion_tokens), sum(d_cost_micros) / 1000000.0,
+               sum(d_latency_count), sum(d_latency_sum_us), usage_hist_sum(d_latency_buckets)
+        FROM f
+        WHERE d_requests + d_successes + d_rate_limited + d_prompt_tokens
+              + d_completion_tokens + d_cost_micros + d_latency_count > 0
+        GROUP BY deployment, model, key, agent, user_name
+        ON CONFLICT (minute, node, deployment, model, key, agent, user_name) DO UPDATE SET
+            requests = u.requests + EXCLUDED.requests,
+            successes = u.successes + EXCLUDED.successes,
+            errors = u.errors + EXCLUDED.errors,
+            rate_limited = u.rate_limited + EXCLUDED.rate_limited,
+            prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+            cost = u.cost + EXCLUDED.cost,
+            latency_count = u.latency_count + EXCLUDED.latency_count,
+            latency_sum_us = u.latency_sum_us + EXCLUDED.latency_sum_us,
+            latency_buckets = usage_hist_add(u.latency_buckets, EXCLUDED.latency_buckets)
+        RETURNING 1
+    ), wm AS (
+        INSERT INTO usage_combo_watermarks AS w (node, generation, cell, deployment, model, key,
+                                                 agent, user_name, requests, successes,
+                                                 rate_limited, prompt_tokens,
+                                                 completion_tokens, cost_micros, latency_count,
+                                                 latency_sum_us, latency_buckets)
+        SELECT p_node, p_generation, cell, deployment, model, key, agent, user_name, requests,
+               successes, rate_limited, prompt_tokens, completion_tokens, cost_micros,
+               latency_count, latency_sum_us, latency_buckets
+        FROM f
+        ON CONFLICT (node, cell) DO UPDATE SET
+            generation = EXCLUDED.generation, deployment = EXCLUDED.deployment,
+            model = EXCLUDED.model, key = EXCLUDED.key, agent = EXCLUDED.agent,
+            user_name = EXCLUDED.user_name, requests = EXCLUDED.requests,
+            successes = EXCLUDED.successes, rate_limited = EXCLUDED.rate_limited,
+            prompt_tokens = EXCLUDED.prompt_tokens,
+            completion_tokens = EXCLUDED.completion_tokens,
+            cost_micros = EXCLUDED.cost_micros, latency_count = EXCLUDED.latency_count,
+            latency_sum_us = EXCLUDED.latency_sum_us,
+            latency_buckets = EXCLUDED.latency_buckets, flushed_at = now()
+    )
+    SELECT count(*) FROM up INTO n;
+    RETURN n;
+END
+$$;
+
+-- Move the combination minutes older than <retention_days> (whole hours) into
+-- usage_combo_hour. One control plane at a time: the others return -1 at once.
+CREATE FUNCTION usage_combo_compact(retention_days integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    cutoff timestamptz := date_trunc('hour', now() - make_interval(days => retention_days));
+    n integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('switchyard.usage.combo_compact')) THEN
+        RETURN -1;
+    END IF;
+    WITH moved AS (
+        DELETE FROM usage_combo_minute WHERE minute < cutoff RETURNING *
+    )
+    INSERT INTO usage_combo_hour AS u (hour, node, deployment, model, key, agent, user_name,
+                                       requests, successes, errors, rate_limited, prompt_tokens,
+                                       completion_tokens, cost, latency_count, latency_sum_us,
+                                       latency_buckets)
+    SELECT date_trunc('hour', minute), node, deployment, model, key, agent, user_name,
+           sum(requests), sum(successes), sum(errors), sum(rate_limited), sum(prompt_tokens),
+           sum(completion_tokens), sum(cost), sum(latency_count), sum(latency_sum_us),
+           usage_hist_sum(latency_buckets)
+    FROM moved
+    GROUP BY 1, node, deployment, model, key, agent, user_name
+    ON CONFLICT (hour, node, deployment, model, key, agent, user_name) DO UPDATE SET
+        requests = u.requests + EXCLUDED.requests,
+        successes = u.successes + EXCLUDED.successes,
+        errors = u.errors + EXCLUDED.errors,
+        rate_limited = u.rate_limited + EXCLUDED.rate_limited,
+        prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
+        cost = u.cost + EXCLUDED.cost,
+        latency_count = u.latency_count + EXCLUDED.latency_count,
+        latency_sum_us = u.latency_sum_us + EXCLUDED.latency_sum_us,
+        latency_buckets = usage_hist_add(u.latency_buckets, EXCLUDED.latency_buckets);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
