@@ -217,3 +217,54 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- ---- the request log (controlplane/src/request_log.c) -------------------------------------------
+
+-- A key's opt-in to body logging: with --request-log bodies, its prompts and answers are kept.
+ALTER TABLE api_keys ADD COLUMN log_bodies boolean NOT NULL DEFAULT false;
+
+-- The key document gains log_bodies. The previous definition is kept under another name and
+-- wrapped, so whatever earlier migrations put in the document stays in it.
+ALTER FUNCTION api_key_doc(api_keys) RENAME TO api_key_doc_before_011;
+CREATE FUNCTION api_key_doc(k api_keys) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT api_key_doc_before_011(k) || jsonb_build_object('log_bodies', k.log_bodies)
+$$;
+
+-- One row per request a data plane served while --request-log was on. Names are resolved when
+-- the record is stored (slots and key ids are the segment's), so a later rename does not
+-- rewrite history. Bodies only for keys with log_bodies under --request-log bodies, each cut
+-- at 64 KiB (the *_truncated flags say so; *_bytes is the size before the cut).
+CREATE TABLE request_log (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL,          -- when the response ended
+    request_id text NOT NULL,
+    node text NOT NULL,
+    worker int,
+    key_id bigint,
+    key text,                         -- the key's name, never the key
+    agent text,
+    user_name text,
+    model text,                       -- the public model asked for
+    deployment text,                  -- the deployment that answered (the last one tried)
+    status int,                       -- the HTTP status sent to the client
+    outcome text,                     -- success, upstream_5xx, rate_limited...
+    latency_ms double precision,
+    ttfb_ms double precision,
+    prompt_tokens bigint NOT NULL DEFAULT 0,
+    completion_tokens bigint NOT NULL DEFAULT 0,
+    cost numeric(24, 6) NOT NULL DEFAULT 0,
+    stream boolean NOT NULL DEFAULT false,
+    attempts int NOT NULL DEFAULT 0,
+    table_version bigint,
+    request_body text,                -- NULL: not logged
+    request_bytes bigint,
+    request_truncated boolean NOT NULL DEFAULT false,
+    response_body text,               -- a stream's: the raw server-sent events
+    response_bytes bigint,
+    response_truncated boolean NOT NULL DEFAULT false
+);
+CREATE INDEX request_log_request_id_idx ON request_log (request_id);
+CREATE INDEX request_log_at_idx ON request_log (at);
+CREATE INDEX request_log_key_idx ON request_log (key, id);
+CREATE INDEX request_log_model_idx ON request_log (model, id);

@@ -54,7 +54,7 @@ const char cp__compile_sql[] =
     "   'id', k.id, 'name', k.name, 'hash', encode(k.key_hash, 'hex'), 'prefix', k.key_prefix,"
     "   'agent', k.agent, 'user', k.user_name, 'tier', k.tier, 'models', k.allowed_models,"
     "   'expires_ms', (extract(epoch FROM k.expires_at) * 1000)::bigint,"
-    "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm)"
+    "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm, 'log_bodies', k.log_bodies)"
     "   ORDER BY k.id) FROM api_keys k WHERE NOT k.revoked), '[]')"
     ")";
 
@@ -437,6 +437,7 @@ static int read_keys(struct build *b, json_t *doc, char **err)
         k->slot = get_u32(row, "slot");
         k->rpm = get_u32(row, "rpm");
         k->tpm = get_u32(row, "tpm");
+        k->log_bodies = json_is_true(json_object_get(row, "log_bodies"));
         json_t *models = json_object_get(row, "models"), *mv;
         size_t j;
         if (!json_is_array(models))
@@ -475,6 +476,13 @@ static void name_the_row(const struct sy_table *t, char **err)
 int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ring *ring,
                          int64_t created_ms, struct cp_compiled *out, char **err)
 {
+    return cp__compile_document_mode(json, len, ring, created_ms, SY_REQUEST_LOG_OFF, out, err);
+}
+
+int cp__compile_document_mode(const char *json, size_t len, const struct cp_crypto_ring *ring,
+                              int64_t created_ms, enum sy_request_log request_log,
+                              struct cp_compiled *out, char **err)
+{
     struct build b = {.ring = ring};
     struct sy_buf bytes = SY_BUF_INIT;
     json_error_t jerr;
@@ -496,6 +504,7 @@ int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ri
     b.t->version = (uint64_t)json_integer_value(version);
     b.t->created_ms = created_ms;
     b.t->require_keys = true;
+    b.t->request_log = request_log;
     if ((rc = read_providers(&b, doc, err)) < 0 || (rc = read_deployments(&b, doc, err)) < 0 ||
         (rc = read_models(&b, doc, err)) < 0 || (rc = read_keys(&b, doc, err)) < 0)
         goto fail;
@@ -573,7 +582,8 @@ static void work_cb(uv_work_t *w)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t created_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    if (cp__compile_document(job->json, job->len, &job->cp->ring, created_ms, res, &job->err) < 0) {
+    if (cp__compile_document_mode(job->json, job->len, &job->cp->ring, created_ms,
+                                  job->cp->cfg.request_log, res, &job->err) < 0) {
         free(res);
         if (!job->err)
             job->err = sy_xstrdup("out of memory");

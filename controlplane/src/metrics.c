@@ -13,7 +13,8 @@
  *   client keys     {key, key_prefix, agent, user}   key_requests_total{outcome},
  *                   key_prompt_tokens_total, key_completion_tokens_total, key_cost_total
  *   node            decision_log_dropped_total, dataplane_workers, shm_attached,
- *                   usage_combination_overflow_total, usage_combinations (and _capacity)
+ *                   usage_combination_overflow_total, usage_combinations (and _capacity),
+ *                   request_log_dropped_total
  *   control plane   config_version, connected_workers, publish_latency_seconds,
  *                   database_up, controlplane_start_time_seconds
  *
@@ -458,6 +459,10 @@ static void render_node(struct sy_buf *b, const struct sy_shm *shm)
            "Decision-log events dropped because the ring was full");
     sample_head(b, "switchyard_decision_log_dropped_total", "", NULL);
     put_u64(b, sy_shm_event_dropped(shm));
+    family(b, "switchyard_request_log_dropped_total", "counter",
+           "Request-log records dropped because the ring was full");
+    sample_head(b, "switchyard_request_log_dropped_total", "", NULL);
+    put_u64(b, sy_shm_reqlog_dropped(shm));
     family(b, "switchyard_usage_combination_overflow_total", "counter",
            "Requests counted in the overflow cell: the combination table had no room");
     sample_head(b, "switchyard_usage_combination_overflow_total", "", NULL);

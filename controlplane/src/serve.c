@@ -14,11 +14,13 @@
 
 #include "api.h"
 #include "events.h"
+#include "request_log.h"
 #include "internal.h"
 #include "metrics.h"
 #include "migrate.h"
 #include "server.h"
 #include "sy/log.h"
+#include "sy/table.h"
 #include "sy/util.h"
 #include "usage.h"
 
@@ -48,6 +50,10 @@ static const char usage_text[] =
     "                            long, then compacted into hours (default 30)\n"
     "  --events-retention-days N SWITCHYARD_EVENTS_RETENTION_DAYS: decision log kept (30)\n"
     "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
+    "  --request-log MODE        SWITCHYARD_REQUEST_LOG: off (default), metadata (a row per\n"
+    "                            request) or bodies (metadata, plus prompts and answers of\n"
+    "                            keys with log_bodies)\n"
+    "  --request-log-retention-days N  SWITCHYARD_REQUEST_LOG_RETENTION_DAYS: kept (7)\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -105,6 +111,8 @@ enum {
     OPT_USAGE_RETENTION = 1000,
     OPT_EVENTS_RETENTION,
     OPT_USAGE_FLUSH,
+    OPT_REQUEST_LOG,
+    OPT_REQUEST_LOG_RETENTION,
     OPT_LONG_MAX,
 };
 
@@ -146,6 +154,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *usage_days = env_dup("SWITCHYARD_USAGE_RETENTION_DAYS");
     char *events_days = env_dup("SWITCHYARD_EVENTS_RETENTION_DAYS");
     char *flush_ms = env_dup("SWITCHYARD_USAGE_FLUSH_MS");
+    char *reqlog = env_dup("SWITCHYARD_REQUEST_LOG");
+    char *reqlog_days = env_dup("SWITCHYARD_REQUEST_LOG_RETENTION_DAYS");
 
     static const struct option opts[] = {
         {"database-url", required_argument, NULL, 'd'},
@@ -164,6 +174,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"usage-retention-days", required_argument, NULL, OPT_USAGE_RETENTION},
         {"events-retention-days", required_argument, NULL, OPT_EVENTS_RETENTION},
         {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
+        {"request-log", required_argument, NULL, OPT_REQUEST_LOG},
+        {"request-log-retention-days", required_argument, NULL, OPT_REQUEST_LOG_RETENTION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -188,6 +200,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_USAGE_RETENTION: set(&usage_days, optarg); break;
         case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
         case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
+        case OPT_REQUEST_LOG: set(&reqlog, optarg); break;
+        case OPT_REQUEST_LOG_RETENTION: set(&reqlog_days, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
@@ -216,8 +230,16 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         (rc = int_setting(events_days, "--events-retention-days", 1, 36500, 30,
                           &c->events_retention_days, err)) < 0 ||
         (rc = int_setting(flush_ms, "--usage-flush-ms", 100, 3600000, 10000, &c->usage_flush_ms,
-                          err)) < 0)
+                          err)) < 0 ||
+        (rc = int_setting(reqlog_days, "--request-log-retention-days", 1, 36500, 7,
+                          &c->request_log_retention_days, err)) < 0)
         goto out;
+    c->request_log = SY_REQUEST_LOG_OFF;
+    if (reqlog && !sy_request_log_parse(reqlog, &c->request_log)) {
+        rc = cp__fail(err, -EINVAL,
+                      "--request-log must be off, metadata or bodies, not \"%s\"", reqlog);
+        goto out;
+    }
     if (!c->database_url) {
         rc = cp__fail(err, -EINVAL, "no database: set SWITCHYARD_DATABASE_URL or --database-url");
         goto out;
@@ -253,6 +275,8 @@ out:
     free(usage_days);
     free(events_days);
     free(flush_ms);
+    free(reqlog);
+    free(reqlog_days);
     free(metrics_file);
     if (rc != 0) {
         config_free(c);
@@ -321,7 +345,8 @@ static void on_signal(uv_signal_t *s, int signum)
     sy_http_server_close_all(&cp->http);
     uv_close((uv_handle_t *)&cp->sig_term, NULL);
     uv_close((uv_handle_t *)&cp->sig_int, NULL);
-    /* the last usage flush and decision-log write, before the database closes */
+    /* the last usage flush, decision-log and request-log write, before the database closes */
+    cp__reqlog_stop(cp);
     cp__events_stop(cp);
     cp__usage_stop(cp);
     cp_db_close(cp->db);
@@ -416,7 +441,8 @@ int cp_serve(int argc, char **argv)
     }
     /* before the metrics module takes the segment path */
     if (cp__usage_start(cp, mcfg.shm_path, &err) < 0 ||
-        cp__events_start(cp, mcfg.shm_path, &err) < 0) {
+        cp__events_start(cp, mcfg.shm_path, &err) < 0 ||
+        cp__reqlog_start(cp, mcfg.shm_path, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
     }
@@ -445,6 +471,7 @@ int cp_serve(int argc, char **argv)
 out_db:
     cp__metrics_stop(cp);
     if (cp->db) {
+        cp__reqlog_stop(cp);
         cp__events_stop(cp);
         cp__usage_stop(cp);
         cp__publisher_stop(cp);

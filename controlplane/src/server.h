@@ -12,10 +12,12 @@
 #include "db.h"
 #include "sy/buf.h"
 #include "sy/http_server.h"
+#include "sy/table-t.h"
 
 struct cp_publisher;
 struct cp_usage;
 struct cp_events;
+struct cp_reqlog;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -30,6 +32,8 @@ struct cp_config {
     int usage_retention_days;  /* SWITCHYARD_USAGE_RETENTION_DAYS, --usage-retention-days (30) */
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
+    enum sy_request_log request_log; /* SWITCHYARD_REQUEST_LOG, --request-log (off) */
+    int request_log_retention_days;  /* SWITCHYARD_REQUEST_LOG_RETENTION_DAYS (7) */
 };
 
 enum cp_role {
@@ -48,6 +52,7 @@ struct cp_server {
     struct cp_publisher *pub; /* NULL until the publisher starts */
     struct cp_usage *usage;   /* usage.c: NULL until started, and after stop */
     struct cp_events *events; /* events.c: NULL without a segment, and after stop */
+    struct cp_reqlog *reqlog; /* request_log.c: NULL without a segment, and after stop */
     uv_signal_t sig_term, sig_int;
     bool stopping;
     int64_t started_ms; /* wall clock */

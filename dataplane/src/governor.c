@@ -273,16 +273,22 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
     }
 }
 
+/* Prices are per million tokens: tokens x price is the cost in millionths. */
+static uint64_t cost_micros(const struct sy_deployment *d, uint64_t prompt_tokens,
+                            uint64_t completion_tokens)
+{
+    return d ? (uint64_t)((double)prompt_tokens * d->price.input +
+                          (double)completion_tokens * d->price.output + 0.5)
+             : 0;
+}
+
 void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct sy_deployment *d,
                      const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
                      uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns)
 {
     if (!w->shm)
         return;
-    /* Prices are per million tokens: tokens x price is the cost in millionths. */
-    uint64_t cost = d ? (uint64_t)((double)prompt_tokens * d->price.input +
-                                   (double)completion_tokens * d->price.output + 0.5)
-                      : 0;
+    uint64_t cost = cost_micros(d, prompt_tokens, completion_tokens);
     struct sy_shm_counters *mc = m ? sy_shm_counters(w->shm, w->index, SY_SHM_MODEL, m->slot)
                                    : NULL;
     sy_shm_outcome(mc, o);
@@ -309,6 +315,47 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
                                     m ? m->slot : SY_SHM_NO_SLOT, k ? k->slot : SY_SHM_NO_SLOT,
                                     k ? k->id : 0),
                        o, prompt_tokens, completion_tokens, cost, total_ns / 1000);
+}
+
+void dp__gov_reqlog(struct dp_worker *w, const struct sy_table *t,
+                    const struct sy_http_request *req, const struct dp_reqlog_facts *f)
+{
+    if (!w->shm || t->request_log == SY_REQUEST_LOG_OFF)
+        return;
+    struct sy_reqlog_head h = {
+        .ts_ms = wall_ms(),
+        .table_version = t->version,
+        .key_id = f->key ? f->key->id : 0,
+        .latency_us = f->total_ns / 1000,
+        .ttfb_us = f->first_byte_ns / 1000,
+        .prompt_tokens = f->prompt_tokens,
+        .completion_tokens = f->completion_tokens,
+        .cost_micros = cost_micros(f->dep, f->prompt_tokens, f->completion_tokens),
+        .worker = w->index,
+        .model_slot = f->model ? f->model->slot : SY_SHM_NO_SLOT,
+        .deployment_slot = f->dep ? f->dep->slot : SY_SHM_NO_SLOT,
+        .key_slot = f->key ? f->key->slot : SY_SHM_NO_SLOT,
+        .status = (uint16_t)f->status,
+        .outcome = (uint16_t)f->outcome,
+        .attempts = (uint16_t)SY_MIN(f->attempts, UINT16_MAX),
+        .flags = f->stream ? SY_REQLOG_STREAM : 0,
+    };
+    snprintf(h.request_id, sizeof(h.request_id), "%s", req->id);
+    const char *body = NULL, *resp = NULL;
+    if (t->request_log == SY_REQUEST_LOG_BODIES && f->resp && f->key && f->key->log_bodies) {
+        h.flags |= SY_REQLOG_BODIES;
+        body = req->body.data;
+        h.req_size = req->body.len;
+        h.req_len = (uint32_t)SY_MIN(req->body.len, (size_t)SY_REQLOG_BODY_MAX);
+        resp = f->resp->data;
+        h.resp_size = SY_MAX(f->resp_size, (uint64_t)f->resp->len);
+        h.resp_len = (uint32_t)SY_MIN(f->resp->len, (size_t)SY_REQLOG_BODY_MAX);
+        if (h.req_len < h.req_size)
+            h.flags |= SY_REQLOG_REQ_TRUNCATED;
+        if (h.resp_len < h.resp_size)
+            h.flags |= SY_REQLOG_RESP_TRUNCATED;
+    }
+    sy_shm_reqlog_push(w->shm, &h, body, resp);
 }
 
 /* Move limiter <word> of <limit> tokens per minute from <reserved> to <actual> tokens. */

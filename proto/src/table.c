@@ -521,7 +521,29 @@ static const struct field key_fields[] = {
     KEY_FIELD("slot", FIELD_U32, slot),
     KEY_FIELD("rpm", FIELD_U32, rpm),
     KEY_FIELD("tpm", FIELD_U32, tpm),
+    KEY_FIELD("log_bodies", FIELD_BOOL, log_bodies),
 };
+
+static const char *const request_log_names[SY_REQUEST_LOG_MAX] = {
+    [SY_REQUEST_LOG_OFF] = "off",
+    [SY_REQUEST_LOG_METADATA] = "metadata",
+    [SY_REQUEST_LOG_BODIES] = "bodies",
+};
+
+const char *sy_request_log_name(enum sy_request_log mode)
+{
+    return (unsigned)mode < SY_REQUEST_LOG_MAX ? request_log_names[mode] : "off";
+}
+
+bool sy_request_log_parse(const char *s, enum sy_request_log *mode)
+{
+    for (int i = 0; i < SY_REQUEST_LOG_MAX; i++)
+        if (strcmp(s, request_log_names[i]) == 0) {
+            *mode = (enum sy_request_log)i;
+            return true;
+        }
+    return false;
+}
 
 static const struct field model_fields[] = {
     {"name", FIELD_STR, offsetof(struct sy_model, name), 0, 0},
@@ -2035,6 +2057,23 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     if (v && (rc = decode_keys(td, v)) < 0)
         return rc;
     path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "request_log", &v)) < 0)
+        return rc;
+    mark = path_key(d, "request_log");
+    td->t->request_log = SY_REQUEST_LOG_OFF;
+    if (v) {
+        int mode = -1;
+        if (v->type == MSGPACK_OBJECT_STR)
+            for (int i = 0; i < SY_REQUEST_LOG_MAX; i++)
+                if (strlen(request_log_names[i]) == v->via.str.size &&
+                    memcmp(request_log_names[i], v->via.str.ptr, v->via.str.size) == 0)
+                    mode = i;
+        if (mode < 0)
+            return fail(d, -EINVAL, "expected \"off\", \"metadata\" or \"bodies\"");
+        td->t->request_log = (enum sy_request_log)mode;
+    }
+    path_pop(d, mark);
     return 0;
 }
 
@@ -2423,7 +2462,7 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 7);
+    msgpack_pack_map(&pk, 8);
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -2447,6 +2486,8 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_pack_array(&pk, t->n_keys);
     for (uint32_t i = 0; i < t->n_keys; i++)
         pack_fields(&pk, t, key_fields, SY_ARRAY_LEN(key_fields), &t->keys[i]);
+    pack_cstr(&pk, "request_log");
+    pack_cstr(&pk, sy_request_log_name(t->request_log));
     return 0;
 }
 

@@ -351,6 +351,33 @@ static inline uint64_t sy_shm_event_skipped(const struct sy_shm *shm)
     return atomic_load_explicit(&shm->ring->skipped, memory_order_relaxed);
 }
 
+/* ---- request log -------------------------------------------------------------------------- */
+
+/** Append the record <head> (borrowed) with its <head>->req_len bytes of request body <req> and
+ * <head>->resp_len bytes of response body <resp> (borrowed; NULL when the length is 0) to the
+ * request-log ring. Never blocks: when the ring has no room the record is dropped, counted, and
+ * -ENOBUFS returned (-EMSGSIZE for a record larger than the ring). -EROFS on a read-only
+ * attach. */
+int sy_shm_reqlog_push(struct sy_shm *shm, const struct sy_reqlog_head *head, const char *req,
+                       const char *resp);
+
+/** The single consumer: copy the oldest record (its head, then its bodies) into <out> of <cap>
+ * bytes (at least SY_SHM_REQLOG_RECORD_MAX) and its size into *<len>. Returns 0, or -EAGAIN
+ * when there is nothing to read yet; a stalled producer's cells are skipped after
+ * SY_SHM_EVENT_STALL_MS by <now_ms> (monotonic), as for the decision log. */
+int sy_shm_reqlog_pop(struct sy_shm *shm, uint64_t now_ms, void *out, size_t cap, size_t *len);
+
+/** A buffer for sy_shm_reqlog_pop() that any record fits in, rounded to whole cells. */
+#define SY_SHM_REQLOG_RECORD_MAX                                                                   \
+    (((sizeof(struct sy_reqlog_head) + 2 * SY_REQLOG_BODY_MAX) / SY_REQLOG_CELL_DATA + 1) *        \
+     SY_REQLOG_CELL_DATA)
+
+/** Request-log records dropped (the ring was full, or a record was skipped half-way). */
+static inline uint64_t sy_shm_reqlog_dropped(const struct sy_shm *shm)
+{
+    return shm->reqlog ? atomic_load_explicit(&shm->reqlog->dropped, memory_order_relaxed) : 0;
+}
+
 /* ---- names from the X-macro lists ---------------------------------------------------------- */
 
 /** Metric label of <o>; "unknown" out of range. */

@@ -215,6 +215,15 @@ struct sy_key {
     uint32_t slot;      /* index in the shared-memory counters */
     uint32_t rpm;       /* requests per minute; 0 = no limit */
     uint32_t tpm;       /* tokens per minute; 0 = no limit */
+    bool log_bodies;    /* the request log may keep this key's prompts and answers */
+};
+
+/** What the data plane writes to the request log (set by the control plane's --request-log). */
+enum sy_request_log {
+    SY_REQUEST_LOG_OFF = 0,  /* nothing */
+    SY_REQUEST_LOG_METADATA, /* one record per request: who, what, how it ended, no content */
+    SY_REQUEST_LOG_BODIES,   /* ...plus prompts and answers of keys with log_bodies */
+    SY_REQUEST_LOG_MAX,
 };
 
 /** A routing table. Immutable once decoded; shared by reference count between a worker and the
@@ -230,4 +239,5 @@ struct sy_table {
     bool require_keys;   /* model endpoints and /v1/models need a client key */
     struct sy_key *keys; /* sorted by hash, for binary search */
     uint32_t n_keys;
+    enum sy_request_log request_log; /* node-wide, live with each table */
 };

@@ -82,6 +82,12 @@ const struct sy_key *sy_table_find_key(const struct sy_table *t,
  * NUL-terminated): true when the key lists no models or lists this one (case-sensitive). */
 bool sy_key_allows_model(const struct sy_key *k, const char *model, size_t len);
 
+/** The name of request-log mode <mode> ("off", "metadata", "bodies"), as in the table. */
+const char *sy_request_log_name(enum sy_request_log mode);
+
+/** Parse <s> (borrowed) as a request-log mode name into *<mode>; false if it is none. */
+bool sy_request_log_parse(const char *s, enum sy_request_log *mode);
+
 /** Take one more reference on <t>. */
 static inline struct sy_table *sy_table_ref(struct sy_table *t)
 {
