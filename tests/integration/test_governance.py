@@ -470,3 +470,47 @@ def test_tpm_reserves_the_estimate_and_is_reconciled_with_real_usage(gateway, mo
     status, headers, body = chat(gw, max_tokens=5000)
     assert status == 429
     assert body["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_client_key_limits_per_model_hold_on_that_model_only(gateway, mock):
+    """A key's limits on one public model: its own rpm there is 2 (every worker shares it), a
+    third request is refused naming the model's limit, and the key's other model is free."""
+    import hashlib
+    mock.reset()
+    key = "sk-sy-model-limited-0123456789"
+    t = table([dep(mock, "d")], [model("gpt", [("d", 1)]), model("cheap", [("d", 1)])])
+    t["require_keys"] = True
+    t["keys"] = [{"hash": hashlib.sha256(key.encode()).hexdigest(), "id": 1, "name": "agent",
+                  "prefix": "sk-sy-mode", "slot": 4, "rpm": 100,
+                  "model_limits": {"gpt": {"rpm": 2}, "other.model-1.5": {"tpm": 10}}}]
+    gw = gateway(t, workers=2)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert chat(gw, headers=auth)[0] == 200
+    assert chat(gw, headers=auth)[0] == 200
+    status, headers, body = chat(gw, headers=auth)
+    assert status == 429
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert "requests per minute on this model" in body["error"]["message"]
+    assert int(headers["retry-after"]) >= 1
+    for _ in range(5):
+        assert chat(gw, model_name="cheap", headers=auth)[0] == 200
+
+
+def test_client_key_tpm_per_model_reserves_and_refuses_what_cannot_fit(gateway, mock):
+    import hashlib
+    mock.reset()
+    key = "sk-sy-model-tpm-0123456789abc"
+    t = table([dep(mock, "d")], [model("gpt", [("d", 1)], retry={"attempts": 1})])
+    t["require_keys"] = True
+    t["keys"] = [{"hash": hashlib.sha256(key.encode()).hexdigest(), "id": 2, "name": "agent",
+                  "prefix": "sk-sy-mode", "slot": 5,
+                  "model_limits": {"gpt": {"tpm": 1000}}}]
+    gw = gateway(t)
+    auth = {"Authorization": f"Bearer {key}"}
+    # ~600 reserved each time, ~10 really used: reconciliation gives the rest back.
+    for _ in range(4):
+        status, _, body = chat(gw, headers=auth, max_tokens=600)
+        assert status == 200, body
+    status, _, body = chat(gw, headers=auth, max_tokens=5000)
+    assert status == 429
+    assert "tokens per minute on this model" in body["error"]["message"]
