@@ -50,6 +50,8 @@ static const char usage_text[] =
     "                            long, then compacted into hours (default 30)\n"
     "  --events-retention-days N SWITCHYARD_EVENTS_RETENTION_DAYS: decision log kept (30)\n"
     "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
+    "  --heartbeat-ms MS         SWITCHYARD_HEARTBEAT_MS: node heartbeat period (5000); a node\n"
+    "                            not heard from for 3 periods no longer shares the limits\n"
     "  --request-log MODE        SWITCHYARD_REQUEST_LOG: off (default), metadata (a row per\n"
     "                            request) or bodies (metadata, plus prompts and answers of\n"
     "                            keys with log_bodies)\n"
@@ -111,6 +113,7 @@ enum {
     OPT_USAGE_RETENTION = 1000,
     OPT_EVENTS_RETENTION,
     OPT_USAGE_FLUSH,
+    OPT_HEARTBEAT,
     OPT_REQUEST_LOG,
     OPT_REQUEST_LOG_RETENTION,
     OPT_LONG_MAX,
@@ -154,6 +157,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *usage_days = env_dup("SWITCHYARD_USAGE_RETENTION_DAYS");
     char *events_days = env_dup("SWITCHYARD_EVENTS_RETENTION_DAYS");
     char *flush_ms = env_dup("SWITCHYARD_USAGE_FLUSH_MS");
+    char *heartbeat_ms = env_dup("SWITCHYARD_HEARTBEAT_MS");
     char *reqlog = env_dup("SWITCHYARD_REQUEST_LOG");
     char *reqlog_days = env_dup("SWITCHYARD_REQUEST_LOG_RETENTION_DAYS");
 
@@ -174,6 +178,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"usage-retention-days", required_argument, NULL, OPT_USAGE_RETENTION},
         {"events-retention-days", required_argument, NULL, OPT_EVENTS_RETENTION},
         {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
+        {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"request-log", required_argument, NULL, OPT_REQUEST_LOG},
         {"request-log-retention-days", required_argument, NULL, OPT_REQUEST_LOG_RETENTION},
         {"help", no_argument, NULL, 'h'},
@@ -200,6 +205,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_USAGE_RETENTION: set(&usage_days, optarg); break;
         case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
         case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
+        case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
         case OPT_REQUEST_LOG: set(&reqlog, optarg); break;
         case OPT_REQUEST_LOG_RETENTION: set(&reqlog_days, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
@@ -232,7 +238,9 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         (rc = int_setting(flush_ms, "--usage-flush-ms", 100, 3600000, 10000, &c->usage_flush_ms,
                           err)) < 0 ||
         (rc = int_setting(reqlog_days, "--request-log-retention-days", 1, 36500, 7,
-                          &c->request_log_retention_days, err)) < 0)
+                          &c->request_log_retention_days, err)) < 0 ||
+        (rc = int_setting(heartbeat_ms, "--heartbeat-ms", 100, 60000, 5000, &c->heartbeat_ms,
+                          err)) < 0)
         goto out;
     c->request_log = SY_REQUEST_LOG_OFF;
     if (reqlog && !sy_request_log_parse(reqlog, &c->request_log)) {
@@ -275,6 +283,7 @@ out:
     free(usage_days);
     free(events_days);
     free(flush_ms);
+    free(heartbeat_ms);
     free(reqlog);
     free(reqlog_days);
     free(metrics_file);
