@@ -244,8 +244,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         goto out;
     c->request_log = SY_REQUEST_LOG_OFF;
     if (reqlog && !sy_request_log_parse(reqlog, &c->request_log)) {
-        rc = cp__fail(err, -EINVAL,
-                      "--request-log must be off, metadata or bodies, not \"%s\"", reqlog);
+        rc = cp__fail(err, -EINVAL, "--request-log must be off, metadata or bodies, not \"%s\"",
+                      reqlog);
         goto out;
     }
     if (!c->database_url) {

@@ -113,11 +113,11 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
                      uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns);
 /** What the request log records of a model call (dp__gov_reqlog). */
 struct dp_reqlog_facts {
-    const struct sy_model *model;     /* the public model asked for */
-    const struct sy_deployment *dep;  /* the one that answered last; NULL: none tried */
-    const struct sy_key *key;         /* NULL: no key */
+    const struct sy_model *model;    /* the public model asked for */
+    const struct sy_deployment *dep; /* the one that answered last; NULL: none tried */
+    const struct sy_key *key;        /* NULL: no key */
     enum sy_outcome outcome;
-    int status;                       /* sent to the client */
+    int status; /* sent to the client */
     uint32_t attempts;
     bool stream;
     uint64_t prompt_tokens, completion_tokens;

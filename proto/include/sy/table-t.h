@@ -224,7 +224,7 @@ struct sy_key {
     uint32_t tpm;       /* tokens per minute; 0 = no limit */
     struct sy_key_limit *model_limits; /* sorted by model name; NULL when none */
     uint32_t n_model_limits;
-    bool log_bodies;    /* the request log may keep this key's prompts and answers */
+    bool log_bodies; /* the request log may keep this key's prompts and answers */
 };
 
 /** What the data plane writes to the request log (set by the control plane's --request-log). */
