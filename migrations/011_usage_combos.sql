@@ -13,9 +13,10 @@
 -- so the watermark is keyed by cell; a new segment (a new generation) drops the node's
 -- watermarks.
 --
--- Names: a deployment or a model is named by who owns its slot now, or as last seen; a key by
--- its id (so a key slot reused by another key never takes the old key's counts), or as last
--- seen once it is deleted. '' stands for "none" (a request refused before it had a model, a
+-- Names: a deployment, a model and a key are named by their ids (a cell is keyed by them too, so
+-- a slot reused by another object never takes the old one's counts), or as last seen once they
+-- are deleted; a deployment or model without an id (a table from an older control plane) by
+-- who owns its slot now. '' stands for "none" (a request refused before it had a model, a
 -- deployment or a key). The overflow cell, the requests that found no cell, is named '(other)'
 -- in all three.
 --
@@ -52,6 +53,49 @@ CREATE TABLE usage_combo_hour (LIKE usage_combo_minute INCLUDING DEFAULTS INCLUD
 ALTER TABLE usage_combo_hour RENAME COLUMN minute TO hour;
 ALTER TABLE usage_combo_hour ADD PRIMARY KEY (hour, node, deployment, model, key, agent, user_name);
 
+-- Every name a deployment, model or key had last, by id, kept after it is deleted: a cell's
+-- counts that reach the flush after its objects were deleted (within one flush period, or
+-- while the database was down) still get their names. Filled by triggers on the config tables.
+CREATE TABLE usage_names (
+    kind text NOT NULL,  -- deployment, model, key
+    id bigint NOT NULL,
+    name text NOT NULL,
+    agent text,          -- keys only
+    user_name text,
+    PRIMARY KEY (kind, id)
+);
+INSERT INTO usage_names (kind, id, name)
+    SELECT 'deployment', id, name FROM deployments UNION ALL SELECT 'model', id, name FROM models;
+INSERT INTO usage_names (kind, id, name, agent, user_name)
+    SELECT 'key', id, name, agent, user_name FROM api_keys;
+
+CREATE FUNCTION usage_names_remember() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO usage_names AS u (kind, id, name) VALUES (TG_ARGV[0], NEW.id, NEW.name)
+    ON CONFLICT (kind, id) DO UPDATE SET name = EXCLUDED.name;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION usage_names_remember_key() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO usage_names AS u (kind, id, name, agent, user_name)
+    VALUES ('key', NEW.id, NEW.name, NEW.agent, NEW.user_name)
+    ON CONFLICT (kind, id) DO UPDATE
+        SET name = EXCLUDED.name, agent = EXCLUDED.agent, user_name = EXCLUDED.user_name;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER deployments_usage_name AFTER INSERT OR UPDATE OF name ON deployments
+    FOR EACH ROW EXECUTE FUNCTION usage_names_remember('deployment');
+CREATE TRIGGER models_usage_name AFTER INSERT OR UPDATE OF name ON models
+    FOR EACH ROW EXECUTE FUNCTION usage_names_remember('model');
+CREATE TRIGGER api_keys_usage_name AFTER INSERT OR UPDATE OF name, agent, user_name ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION usage_names_remember_key();
+
 -- The totals of each cell of each node last added to the rollups, and the names they went to.
 CREATE TABLE usage_combo_watermarks (
     node text NOT NULL,
@@ -76,9 +120,9 @@ CREATE TABLE usage_combo_watermarks (
 );
 
 -- Account for the totals <p_rows> of node <p_node>'s segment <p_generation>: a JSON array of
--- {cell, overflow, deployment_slot, model_slot, key_slot, key_id, requests, successes,
---  rate_limited, prompt_tokens, completion_tokens, cost_micros, latency_count, latency_sum_us,
---  latency_buckets}, each a total since the segment was created; a slot of -1 is none.
+-- {cell, overflow, deployment_slot, model_slot, key_slot, deployment_id, model_id, key_id,
+--  requests, successes, rate_limited, prompt_tokens, completion_tokens, cost_micros,
+--  latency_count, latency_sum_us, latency_buckets}, each a total since the segment was created; a slot of -1 is none.
 -- Returns the number of rollup rows touched.
 CREATE FUNCTION usage_combo_flush(p_node text, p_generation bigint, p_rows jsonb)
 RETURNS integer
@@ -92,22 +136,25 @@ BEGIN
     WITH r AS (
         SELECT * FROM jsonb_to_recordset(p_rows) AS r(
             cell int, overflow boolean, deployment_slot int, model_slot int, key_slot int,
-            key_id bigint, requests bigint, successes bigint, rate_limited bigint,
-            prompt_tokens bigint, completion_tokens bigint, cost_micros bigint,
+            deployment_id bigint, model_id bigint, key_id bigint, requests bigint,
+            successes bigint, rate_limited bigint, prompt_tokens bigint,
+            completion_tokens bigint, cost_micros bigint,
             latency_count bigint, latency_sum_us bigint, latency_buckets bigint[])
         WHERE r.cell >= 0
     ), f AS (
         SELECT r.cell,
                CASE WHEN r.overflow THEN '(other)' WHEN r.deployment_slot < 0 THEN ''
-                    ELSE coalesce(d.name, w.deployment, '#' || r.deployment_slot) END
+                    ELSE coalesce(d.name, dn.name, w.deployment, '#' || r.deployment_slot) END
                    AS deployment,
                CASE WHEN r.overflow THEN '(other)' WHEN r.model_slot < 0 THEN ''
-                    ELSE coalesce(m.name, w.model, '#' || r.model_slot) END AS model,
+                    ELSE coalesce(m.name, mn.name, w.model, '#' || r.model_slot) END AS model,
                CASE WHEN r.overflow THEN '(other)' WHEN r.key_slot < 0 THEN ''
-                    ELSE coalesce(k.name, w.key, '#' || r.key_slot) END AS key,
+                    ELSE coalesce(k.name, kn.name, w.key, '#' || r.key_slot) END AS key,
                CASE WHEN k.id IS NOT NULL THEN coalesce(k.agent, '')
+                    WHEN kn.id IS NOT NULL THEN coalesce(kn.agent, '')
                     ELSE coalesce(w.agent, '') END AS agent,
                CASE WHEN k.id IS NOT NULL THEN coalesce(k.user_name, '')
+                    WHEN kn.id IS NOT NULL THEN coalesce(kn.user_name, '')
                     ELSE coalesce(w.user_name, '') END AS user_name,
                r.requests, r.successes, r.rate_limited, r.prompt_tokens, r.completion_tokens,
                r.cost_micros, r.latency_count, r.latency_sum_us, r.latency_buckets,
@@ -122,9 +169,15 @@ BEGIN
                usage_hist_delta(r.latency_buckets, w.latency_buckets) AS d_latency_buckets
         FROM r
         LEFT JOIN usage_combo_watermarks w ON w.node = p_node AND w.cell = r.cell
-        LEFT JOIN deployments d ON NOT r.overflow AND d.slot = r.deployment_slot
-        LEFT JOIN models m ON NOT r.overflow AND m.slot = r.model_slot
+        LEFT JOIN deployments d ON NOT r.overflow AND r.deployment_slot >= 0
+             AND CASE WHEN r.deployment_id > 0 THEN d.id = r.deployment_id
+                      ELSE d.slot = r.deployment_slot END
+        LEFT JOIN models m ON NOT r.overflow AND r.model_slot >= 0
+             AND CASE WHEN r.model_id > 0 THEN m.id = r.model_id ELSE m.slot = r.model_slot END
         LEFT JOIN api_keys k ON NOT r.overflow AND r.key_slot >= 0 AND k.id = r.key_id
+        LEFT JOIN usage_names dn ON dn.kind = 'deployment' AND dn.id = r.deployment_id
+        LEFT JOIN usage_names mn ON mn.kind = 'model' AND mn.id = r.model_id
+        LEFT JOIN usage_names kn ON kn.kind = 'key' AND kn.id = r.key_id
     ), up AS (
         INSERT INTO usage_combo_minute AS u (minute, node, deployment, model, key, agent,
                                              user_name, requests, successes, errors,

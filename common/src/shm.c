@@ -455,9 +455,10 @@ static uint64_t combo_tag(uint32_t dep, uint32_t model, uint32_t key)
     return d << 43 | m << 22 | k;
 }
 
-struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, uint32_t dep_slot, uint32_t model_slot,
-                                  uint32_t key_slot, uint64_t key_id)
+struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, const struct sy_shm_combo_ids *ids)
 {
+    uint32_t dep_slot = ids->deployment_slot, model_slot = ids->model_slot,
+             key_slot = ids->key_slot;
     if (!shm->writable || !shm->combos)
         return NULL;
     struct sy_shm_combo *overflow = &shm->combos[shm->caps.combo_cells];
@@ -470,7 +471,10 @@ struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, uint32_t dep_slot, uint32_
     uint64_t tag = combo_tag(dep_slot, model_slot, key_slot);
     if (!tag)
         return overflow;
-    uint64_t h = (tag ^ key_id * UINT64_C(0xff51afd7ed558ccd)) * UINT64_C(0x9e3779b97f4a7c15);
+    uint64_t h = (tag ^ ids->key_id * UINT64_C(0xff51afd7ed558ccd) ^
+                  ids->deployment_id * UINT64_C(0xc4ceb9fe1a85ec53) ^
+                  (ids->model_id << 32 | ids->model_id >> 32)) *
+                 UINT64_C(0x9e3779b97f4a7c15);
     uint32_t mask = shm->caps.combo_cells - 1;
     uint32_t i = (uint32_t)(h >> 32) & mask;
     for (uint32_t n = 0; n < SY_SHM_COMBO_PROBES && n <= mask; n++, i = (i + 1) & mask) {
@@ -479,13 +483,17 @@ struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, uint32_t dep_slot, uint32_
         if (t == 0 &&
             atomic_compare_exchange_strong_explicit(&e->tag, &t, SY_SHM_COMBO_CLAIMING,
                                                     memory_order_acquire, memory_order_acquire)) {
-            atomic_store_explicit(&e->key_id, key_id, memory_order_relaxed);
+            atomic_store_explicit(&e->key_id, ids->key_id, memory_order_relaxed);
+            atomic_store_explicit(&e->deployment_id, ids->deployment_id, memory_order_relaxed);
+            atomic_store_explicit(&e->model_id, ids->model_id, memory_order_relaxed);
             atomic_store_explicit(&e->tag, tag, memory_order_release);
             return e;
         }
         /* A cell being claimed right now may be ours: passing it by costs at worst a second
          * cell for the combination, which the flush adds up with the first. */
-        if (t == tag && atomic_load_explicit(&e->key_id, memory_order_relaxed) == key_id)
+        if (t == tag && atomic_load_explicit(&e->key_id, memory_order_relaxed) == ids->key_id &&
+            atomic_load_explicit(&e->deployment_id, memory_order_relaxed) == ids->deployment_id &&
+            atomic_load_explicit(&e->model_id, memory_order_relaxed) == ids->model_id)
             return e;
     }
     return overflow;
@@ -507,6 +515,8 @@ bool sy_shm_combo_peek(const struct sy_shm *shm, uint32_t i, struct sy_shm_combo
     out->model_slot = m ? (uint32_t)(m - 1) : SY_SHM_NO_SLOT;
     out->key_slot = k ? (uint32_t)(k - 1) : SY_SHM_NO_SLOT;
     out->key_id = atomic_load_explicit(&e->key_id, memory_order_relaxed);
+    out->deployment_id = atomic_load_explicit(&e->deployment_id, memory_order_relaxed);
+    out->model_id = atomic_load_explicit(&e->model_id, memory_order_relaxed);
     for (int c = 0; c < SY_COMBO_CTR_MAX; c++)
         out->ctr[c] = atomic_load_explicit(&e->ctr[c], memory_order_relaxed);
     for (int b = 0; b < SY_HIST_BUCKETS; b++)

@@ -45,7 +45,7 @@ const char cp__compile_sql[] =
     "   'enabled', d.enabled, 'slot', d.slot)"
     "   ORDER BY d.id) FROM deployments d), '[]'),"
     " 'models', coalesce((SELECT json_agg(json_build_object("
-    "   'name', m.name, 'slot', m.slot, 'targets', coalesce(t.targets, '[]'),"
+    "   'id', m.id, 'name', m.name, 'slot', m.slot, 'targets', coalesce(t.targets, '[]'),"
     "   'policy', m.policy, 'fallbacks', to_json(m.fallbacks))"
     "   ORDER BY m.id)"
     "   FROM models m LEFT JOIN (SELECT model_id,"
@@ -312,6 +312,7 @@ static int read_deployments(struct build *b, json_t *doc, char **err)
         d->price.output = json_number_value(json_object_get(row, "output_price"));
         d->weight = get_u32(row, "weight");
         d->slot = get_u32(row, "slot");
+        d->id = (uint64_t)json_integer_value(json_object_get(row, "id"));
         d->enabled = json_is_true(json_object_get(row, "enabled"));
         if (!d->enabled || d->auth_style == SY_AUTH_NONE)
             continue;
@@ -389,6 +390,7 @@ static int read_models(struct build *b, json_t *doc, char **err)
         }
         m->name = sy_xstrdup(name);
         m->slot = get_u32(row, "slot");
+        m->id = (uint64_t)json_integer_value(json_object_get(row, "id"));
         t->n_models++;
     }
     /* Policies last: their fallbacks and rule targets name other models and deployments. The

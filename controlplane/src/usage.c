@@ -273,6 +273,10 @@ static void combo_json(struct sy_buf *b, uint32_t cell, const struct sy_shm_comb
                   cell, t->overflow ? "true" : "false", slot_or_none(t->deployment_slot),
                   slot_or_none(t->model_slot), slot_or_none(t->key_slot));
     put_i64(b, t->key_id);
+    sy_buf_puts(b, ",\"deployment_id\":");
+    put_i64(b, t->deployment_id);
+    sy_buf_puts(b, ",\"model_id\":");
+    put_i64(b, t->model_id);
     for (int i = 0; i < SY_COMBO_CTR_MAX; i++) {
         sy_buf_printf(b, ",\"%s\":", combo_fields[i]);
         put_i64(b, t->ctr[i]);
@@ -600,7 +604,8 @@ int cp__usage_start(struct cp_server *cp, const char *shm_path, char **err)
 /* The last flush, on a connection of its own: the loop is stopping. */
 static void flush_blocking(struct cp_usage *u)
 {
-    if (!u->seg.shm)
+    /* a segment made since the last tick (or never mapped: a long flush period) counts too */
+    if (!attach(u))
         return;
     struct sy_buf b = SY_BUF_INIT, cb = SY_BUF_INIT;
     unsigned rows = collect(u, &b, &cb);

@@ -352,10 +352,16 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
     }
     /* the same request once more, per combination: "cost of model X for user Y on deployment Z"
      * (the deployment is the one that answered last) */
-    sy_shm_combo_count(sy_shm_combo(w->shm, d ? d->slot : SY_SHM_NO_SLOT,
-                                    m ? m->slot : SY_SHM_NO_SLOT, k ? k->slot : SY_SHM_NO_SLOT,
-                                    k ? k->id : 0),
-                       o, prompt_tokens, completion_tokens, cost, total_ns / 1000);
+    struct sy_shm_combo_ids ids = {
+        .deployment_slot = d ? d->slot : SY_SHM_NO_SLOT,
+        .model_slot = m ? m->slot : SY_SHM_NO_SLOT,
+        .key_slot = k ? k->slot : SY_SHM_NO_SLOT,
+        .deployment_id = d ? d->id : 0,
+        .model_id = m ? m->id : 0,
+        .key_id = k ? k->id : 0,
+    };
+    sy_shm_combo_count(sy_shm_combo(w->shm, &ids), o, prompt_tokens, completion_tokens, cost,
+                       total_ns / 1000);
 }
 
 void dp__gov_reqlog(struct dp_worker *w, const struct sy_table *t,

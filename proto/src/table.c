@@ -481,6 +481,7 @@ static const struct field deployment_fields[] = {
     DEP_FIELD("weight", FIELD_U32, weight),
     DEP_FIELD("slot", FIELD_U32, slot),
     DEP_FIELD("enabled", FIELD_BOOL, enabled),
+    DEP_FIELD("id", FIELD_U64, id),
 };
 
 #define TIMEOUT_FIELD(key)                                                                         \
@@ -558,6 +559,7 @@ static const struct field model_fields[] = {
     {"targets", FIELD_TARGETS, offsetof(struct sy_model, targets), 0, 0},
     {"fallbacks", FIELD_FALLBACKS, offsetof(struct sy_model, policy.fallbacks), 0, 0},
     {"policy", FIELD_POLICY, offsetof(struct sy_model, policy), 0, 0},
+    {"id", FIELD_U64, offsetof(struct sy_model, id), 0, 0},
 };
 
 /* ---- the policy of a public model ---------------------------------------------------------

@@ -54,11 +54,13 @@ static double run(struct sy_shm *shm, enum measure m, uint32_t w, uint64_t n,
             break;
         }
         case COMBO:
-            sy_shm_combo_count(sy_shm_combo(shm, 3, 1, 2, 42), SY_OUTCOME_SUCCESS, 14, 9, 700, us);
+            sy_shm_combo_count(sy_shm_combo(shm, &(struct sy_shm_combo_ids){3, 1, 2, 31, 11, 42}),
+                               SY_OUTCOME_SUCCESS, 14, 9, 700, us);
             break;
         case SPREAD:
-            sy_shm_combo_count(sy_shm_combo(shm, 3, 1, w, 100 + w), SY_OUTCOME_SUCCESS, 14, 9, 700,
-                               us);
+            sy_shm_combo_count(
+                sy_shm_combo(shm, &(struct sy_shm_combo_ids){3, 1, w, 31, 11, 100 + w}),
+                SY_OUTCOME_SUCCESS, 14, 9, 700, us);
             break;
         case SHARDED:
             sy_shm_combo_count(own, SY_OUTCOME_SUCCESS, 14, 9, 700, us);
@@ -103,7 +105,8 @@ int main(int argc, char **argv)
                 if (pid == -1)
                     return 1;
                 if (pid == 0) {
-                    struct sy_shm_combo *own = sy_shm_combo(shm, 5, 5, 8 + w, 1000 + w);
+                    struct sy_shm_combo *own =
+                        sy_shm_combo(shm, &(struct sy_shm_combo_ids){5, 5, 8 + w, 0, 0, 1000 + w});
                     res[w] = run(shm, (enum measure)m, w, n, own);
                     _exit(0);
                 }

@@ -30,14 +30,14 @@ PRICE = {"dep-a": (1000, 2000), "dep-b": (500, 1000)}
 
 
 class ControlPlane(harness.HTTPClientMixin):
-    def __init__(self, build_dir, workdir, db_url, sock, shm, name="cp"):
+    def __init__(self, build_dir, workdir, db_url, sock, shm, name="cp", flush_ms=FLUSH_MS):
         exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
         port_file = os.path.join(workdir, f"{name}.port")
         if os.path.exists(port_file):
             os.unlink(port_file)
         argv = [exe, "serve", "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
                 "--admin-token", ADMIN_TOKEN, "--socket", sock, "--node-id", "node-u",
-                "--port-file", port_file, "--shm", shm, "--usage-flush-ms", str(FLUSH_MS),
+                "--port-file", port_file, "--shm", shm, "--usage-flush-ms", str(flush_ms),
                 "--log-level", "debug"]
         self.process = harness.ManagedProcess(name, argv, os.path.join(workdir, f"{name}.log"),
                                               env={"SWITCHYARD_MASTER_KEY": MASTER_KEY})
@@ -91,8 +91,9 @@ def wait_for(what, pred, timeout=15, interval=0.1):
 class Stack:
     """PostgreSQL database <db_url>, a control plane, a data plane, the config and two keys."""
 
-    def __init__(self, build_dir, workdir, db_url, mock):
+    def __init__(self, build_dir, workdir, db_url, mock, flush_ms=FLUSH_MS):
         self.build_dir, self.workdir, self.db_url, self.mock = build_dir, workdir, db_url, mock
+        self.flush_ms = flush_ms
         self.sockdir = tempfile.mkdtemp(prefix="sy-use-")
         self.sock = os.path.join(self.sockdir, "cp.sock")
         self.shm = f"/dev/shm/sy-usage-test-{os.getpid()}-{id(self)}"
@@ -137,7 +138,7 @@ class Stack:
 
     def start_cp(self, name="cp"):
         return ControlPlane(self.build_dir, self.workdir, self.db_url, self.sock, self.shm,
-                            name=name)
+                            name=name, flush_ms=self.flush_ms)
 
     def send(self, model, key, n):
         keyname = "k-one" if key == self.k1 else "k-two"
@@ -387,6 +388,37 @@ def test_usage_per_combination_is_exact_for_two_keys_two_models_two_deployments(
     assert "switchyard_usage_combination_overflow_total 0" in metrics
     assert "switchyard_usage_combinations 6" in metrics, metrics
     stays_exact(st, st.cp, 3 * FLUSH_MS / 1000)
+
+
+@pytest.mark.timeout(120)
+def test_a_reused_slot_does_not_take_the_old_objects_combination_counts(build_dir, tmp_path,
+                                                                      fresh_db, mock):
+    # No flush between the two owners of the slots: only the last one, at stop.
+    st = Stack(build_dir, str(tmp_path), fresh_db.url, mock, flush_ms=3600000)
+    try:
+        st.cp.ok("POST", "/deployments", {"name": "dep-old", "provider": "mock",
+                                          "model": "a-up"}, 201)
+        old = st.cp.ok("POST", "/models", {"name": "short-lived",
+                                           "targets": [{"deployment": "dep-old"}]}, 201)
+        st.wait_workers()
+        st.send("short-lived", st.k1, 2)
+        st.cp.ok("DELETE", f"/models/{old['name']}", want=204)
+        st.cp.ok("DELETE", "/deployments/dep-old", want=204)
+        st.cp.ok("POST", "/deployments", {"name": "dep-new", "provider": "mock",
+                                          "model": "b-up"}, 201)
+        new = st.cp.ok("POST", "/models", {"name": "short-lived",
+                                           "targets": [{"deployment": "dep-new"}]}, 201)
+        assert new["slot"] == old["slot"], "the model's slot is reused"
+        st.wait_workers()
+        st.send("short-lived", st.k1, 3)
+        st.cp.stop(15)  # the last flush
+        rows = fresh_db.psql("SELECT deployment, model, key, sum(requests) FROM"
+                             " usage_combo_minute WHERE model = 'short-lived'"
+                             " GROUP BY 1, 2, 3 ORDER BY 1")
+        assert rows == [["dep-new", "short-lived", "k-one", "3"],
+                        ["dep-old", "short-lived", "k-one", "2"]], rows
+    finally:
+        st.close()
 
 
 @pytest.mark.timeout(60)

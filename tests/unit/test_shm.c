@@ -826,18 +826,25 @@ static void combination_cells_are_found_claimed_and_overflow(void **state)
     struct sy_shm *shm = make(path, &caps);
     assert_int_equal(shm->caps.combo_cells, 64); /* a power of two */
 
-    struct sy_shm_combo *a = sy_shm_combo(shm, 1, 2, 3, 1003);
+    struct sy_shm_combo *a = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 1003});
     assert_non_null(a);
-    assert_ptr_equal(sy_shm_combo(shm, 1, 2, 3, 1003), a);
+    assert_ptr_equal(sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 1003}), a);
     /* the same slots for another key id (a reused key slot) is another combination */
-    struct sy_shm_combo *b = sy_shm_combo(shm, 1, 2, 3, 2003);
+    struct sy_shm_combo *b = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 2003});
+    /* and so is a reused deployment or model slot (another id), even for the same key */
+    struct sy_shm_combo *dep2 = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 71, 0, 1003});
+    struct sy_shm_combo *mod2 = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 72, 1003});
+    assert_true(dep2 && mod2 && dep2 != a && mod2 != a && dep2 != mod2 && dep2 != b);
+    assert_ptr_equal(sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 71, 0, 1003}), dep2);
     assert_non_null(b);
     assert_ptr_not_equal(a, b);
     /* a part may be missing; all three missing is no combination */
-    struct sy_shm_combo *nokey = sy_shm_combo(shm, SY_SHM_NO_SLOT, 2, SY_SHM_NO_SLOT, 0);
+    struct sy_shm_combo *nokey =
+        sy_shm_combo(shm, &(struct sy_shm_combo_ids){SY_SHM_NO_SLOT, 2, SY_SHM_NO_SLOT, 0, 0, 0});
     assert_non_null(nokey);
     assert_ptr_not_equal(nokey, a);
-    assert_null(sy_shm_combo(shm, SY_SHM_NO_SLOT, SY_SHM_NO_SLOT, SY_SHM_NO_SLOT, 0));
+    assert_null(sy_shm_combo(
+        shm, &(struct sy_shm_combo_ids){SY_SHM_NO_SLOT, SY_SHM_NO_SLOT, SY_SHM_NO_SLOT, 0, 0, 0}));
 
     sy_shm_combo_count(a, SY_OUTCOME_SUCCESS, 10, 5, 700, 1500);
     sy_shm_combo_count(a, SY_OUTCOME_UPSTREAM_5XX, 0, 0, 0, 20000);
@@ -848,7 +855,7 @@ static void combination_cells_are_found_claimed_and_overflow(void **state)
     struct sy_shm *ro = NULL;
     char *err = NULL;
     assert_int_equal(sy_shm_attach(path, false, &ro, &err), 0);
-    assert_null(sy_shm_combo(ro, 1, 2, 3, 1003));
+    assert_null(sy_shm_combo(ro, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 1003}));
     unsigned found = 0;
     for (uint32_t i = 0; i < ro->caps.combo_cells; i++) {
         struct sy_shm_combo_totals t;
@@ -856,7 +863,12 @@ static void combination_cells_are_found_claimed_and_overflow(void **state)
             continue;
         found++;
         assert_false(t.overflow);
-        if (t.key_id == 1003) {
+        if (t.deployment_id == 71 || t.model_id == 72) {
+            assert_int_equal(t.key_id, 1003);
+            assert_int_equal(t.deployment_slot, 1);
+            assert_int_equal(t.deployment_id + t.model_id, t.deployment_id ? 71 : 72);
+            assert_int_equal(t.ctr[SY_COMBO_REQUESTS], 0);
+        } else if (t.key_id == 1003) {
             assert_int_equal(t.deployment_slot, 1);
             assert_int_equal(t.model_slot, 2);
             assert_int_equal(t.key_slot, 3);
@@ -876,7 +888,7 @@ static void combination_cells_are_found_claimed_and_overflow(void **state)
             assert_int_equal(t.model_slot, 2);
         }
     }
-    assert_int_equal(found, 3);
+    assert_int_equal(found, 5);
     struct sy_shm_combo_totals t;
     assert_false(sy_shm_combo_peek(ro, ro->caps.combo_cells, &t)); /* empty overflow */
     assert_false(sy_shm_combo_peek(ro, ro->caps.combo_cells + 1, &t));
@@ -886,18 +898,19 @@ static void combination_cells_are_found_claimed_and_overflow(void **state)
     unsigned overflowed = 0;
     for (uint32_t k = 0; k < 64; k++)
         for (uint32_t d = 0; d < 4; d++) {
-            struct sy_shm_combo *e = sy_shm_combo(shm, d, 0, k, 5000 + k);
+            struct sy_shm_combo *e =
+                sy_shm_combo(shm, &(struct sy_shm_combo_ids){d, 0, k, 0, 0, 5000 + k});
             assert_non_null(e);
             sy_shm_combo_count(e, SY_OUTCOME_SUCCESS, 1, 0, 0, 1);
             overflowed += e == over;
         }
-    assert_true(overflowed >= 256 + 3 - 64);
+    assert_true(overflowed >= 256 + 5 - 64);
     assert_int_equal(sy_shm_combo_overflows(ro), overflowed);
     assert_true(sy_shm_combo_peek(ro, ro->caps.combo_cells, &t));
     assert_true(t.overflow);
     assert_int_equal(t.ctr[SY_COMBO_REQUESTS], overflowed);
     /* a slot beyond capacity counts as overflow too, never out of bounds */
-    assert_ptr_equal(sy_shm_combo(shm, 99, 0, 0, 1), over);
+    assert_ptr_equal(sy_shm_combo(shm, &(struct sy_shm_combo_ids){99, 0, 0, 0, 0, 1}), over);
     sy_shm_detach(ro);
     sy_shm_detach(shm);
     unlink(path);
@@ -924,7 +937,8 @@ static void processes_racing_on_combinations_count_every_request_once(void **sta
         if (pids[i] == 0) {
             for (uint32_t n = 0; n < PER; n++) {
                 uint32_t c = (n + (uint32_t)i) % COMBOS;
-                struct sy_shm_combo *e = sy_shm_combo(shm, c % 2, c % 3, c, 100 + c);
+                struct sy_shm_combo *e =
+                    sy_shm_combo(shm, &(struct sy_shm_combo_ids){c % 2, c % 3, c, 0, 0, 100 + c});
                 CHILD_REQUIRE(e && e != &shm->combos[shm->caps.combo_cells]);
                 sy_shm_combo_count(e, SY_OUTCOME_SUCCESS, c, 1, 2, 1000);
             }
@@ -976,7 +990,7 @@ static void cost_of_a_counter_bump(void **state)
     uint64_t t2 = sy_now_ns();
     struct sy_shm_combo *e = NULL;
     for (uint64_t i = 0; i < n; i++) {
-        e = sy_shm_combo(shm, 1, 0, 0, 42);
+        e = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 0, 0, 0, 0, 42});
         sy_shm_combo_count(e, SY_OUTCOME_SUCCESS, 10, 5, 700, i & 0xffff);
     }
     uint64_t t3 = sy_now_ns();

@@ -290,25 +290,27 @@ enum sy_combo_ctr {
         SY_COMBO_CTR_MAX,
 };
 
-/** A tag being written: the claimer is storing the key id (see struct sy_shm_combo). */
+/** A tag being written: the claimer is storing the ids (see struct sy_shm_combo). */
 #define SY_SHM_COMBO_CLAIMING UINT64_MAX
 
-/** The usage of one combination (deployment slot, model slot, key slot, key id), counted by
+/** The usage of one combination (deployment, model and key: slots and ids), counted by
  * every worker of the node with relaxed atomic adds on the cell itself (not sharded per worker:
  * 16,384 cells x 448 bytes is 7 MiB once, sharding would multiply it by the workers; see
  * docs/benchmarks.md for what a shared add costs).
  *
  * An open-addressing table, linear probing: <tag> packs the three slots, each plus one so
  * that 0 says "none", (deployment << 43 | model << 22 | key), and a cell is claimed once by CAS
- * from 0 to SY_SHM_COMBO_CLAIMING, then <key_id> is stored, then the tag with release order.
- * A cell matches when both the tag and the key id match, so a key slot reused by a new key
- * opens a new cell instead of adding to the old key's. Cells are never freed within a segment:
+ * from 0 to SY_SHM_COMBO_CLAIMING, then the three ids are stored, then the tag with release
+ * order. A cell matches when the tag and the ids match, so a slot reused by a new object opens
+ * a new cell instead of adding to the old object's. Cells are never freed within a segment:
  * the flush reads them cumulatively. The cell after the last counts every request that found
  * no cell within 64 probes (or whose slot does not fit in the tag): its requests are the
  * overflow count. */
 struct sy_shm_combo {
     alignas(64) _Atomic uint64_t tag; /* read on every lookup: a line of its own */
-    _Atomic uint64_t key_id;          /* the control plane's key id; 0 for none */
+    _Atomic uint64_t key_id;          /* the control plane's ids; 0 for none or unknown */
+    _Atomic uint64_t deployment_id;
+    _Atomic uint64_t model_id;
     alignas(64) _Atomic uint64_t ctr[SY_COMBO_CTR_MAX];
     struct sy_shm_hist latency; /* request start to last byte */
 };

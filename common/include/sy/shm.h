@@ -261,13 +261,18 @@ int sy_shm_read(const struct sy_shm *shm, enum sy_shm_kind kind, uint32_t slot,
 /** How far a lookup probes before it counts into the overflow cell. */
 #define SY_SHM_COMBO_PROBES 64u
 
-/** The cell of the combination (<dep_slot>, <model_slot>, <key_slot>, <key_id>), found or
- * claimed lock-free (SY_SHM_NO_SLOT for a part that is missing, 0 for no key id); the overflow
- * cell when the table has no room around the combination's hash or a slot is beyond capacity;
- * NULL when all three slots are missing or on a read-only attach. Never blocks, never fails
+/** What names a combination: the slots (SY_SHM_NO_SLOT for a part that is missing) and the
+ * control plane's ids (0 for a missing part, or an id the table does not carry). */
+struct sy_shm_combo_ids {
+    uint32_t deployment_slot, model_slot, key_slot;
+    uint64_t deployment_id, model_id, key_id;
+};
+
+/** The cell of the combination <ids> (borrowed), found or claimed lock-free; the overflow cell
+ * when the table has no room around the combination's hash or a slot is beyond capacity; NULL
+ * when all three slots are missing or on a read-only attach. Never blocks, never fails
  * otherwise. */
-struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, uint32_t dep_slot, uint32_t model_slot,
-                                  uint32_t key_slot, uint64_t key_id);
+struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, const struct sy_shm_combo_ids *ids);
 
 /** Count one request into combination cell <e> (NULL: nothing): its outcome <o>, tokens, cost
  * in millionths and latency <total_us>. About ten relaxed adds on lines the node's workers
@@ -301,6 +306,8 @@ struct sy_shm_combo_totals {
     uint32_t model_slot;
     uint32_t key_slot;
     uint64_t key_id;
+    uint64_t deployment_id;
+    uint64_t model_id;
     uint64_t ctr[SY_COMBO_CTR_MAX];
     uint64_t hist[SY_HIST_BUCKETS]; /* per bucket */
     uint64_t hist_sum_us;

@@ -87,6 +87,7 @@ struct sy_deployment {
     uint32_t weight;
     uint32_t slot; /* index in the shared-memory counters, assigned by the control plane */
     bool enabled;
+    uint64_t id; /* the control plane's id (0: not given), for usage per combination */
 };
 
 /** A target of a public model: a deployment (by index into the table) and its weight. */
@@ -194,6 +195,7 @@ struct sy_model {
     uint32_t total_weight; /* sum of the weights of targets on enabled deployments; may be 0 */
     uint32_t slot;
     struct sy_policy policy; /* defaults when the table gives none */
+    uint64_t id;             /* the control plane's id (0: not given), as for deployments */
 };
 
 /** A client key's limits on one public model, on top of the key's own. */
