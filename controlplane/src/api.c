@@ -25,7 +25,14 @@ struct call_private {
 static const struct cp_resource *const resources[] = {
     &cp_api_providers, &cp_api_deployments, &cp_api_models,
     &cp_api_keys,      &cp_api_catalog,     &cp_api_status,
-    &cp_api_usage,     &cp_api_events,
+    &cp_api_usage,     &cp_api_events,      &cp_api_audit,
+};
+
+/* What the framework learns about an admin write while serving it, for its audit record:
+ * kept in the request (req->ctx, in its arena) until the request ends. */
+struct audit_note {
+    enum cp_role role;
+    int64_t version; /* the ETag of the answer, -1 for none */
 };
 
 /* ============================================================================================
@@ -94,6 +101,9 @@ const char *cp_i64(char buf[24], int64_t v)
 void cp_call_json_text(struct cp_call *c, int status, const char *json, int64_t etag)
 {
     if (c->req) {
+        struct audit_note *note = c->req->ctx;
+        if (note && etag >= 0)
+            note->version = etag;
         char extra[48] = "";
         if (etag >= 0)
             snprintf(extra, sizeof(extra), "ETag: \"%lld\"\r\n", (long long)etag);
@@ -691,6 +701,13 @@ void cp__api_request(struct sy_http_request *req)
         return;
     }
     enum cp_role role = authenticate(cp, req);
+    if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
+        /* A write, or an attempt at one: audited when it ends (cp__api_request_done). */
+        struct audit_note *note = sy_arena_alloc(&req->arena, sizeof(*note));
+        note->role = role;
+        note->version = -1;
+        req->ctx = note;
+    }
     if (role == CP_ROLE_NONE) {
         simple_error(req, 401, "authentication_error", "invalid_admin_token",
                      "A valid admin token is required: Authorization: Bearer <token>.");
@@ -813,4 +830,13 @@ void cp__api_request(struct sy_http_request *req)
         update(c, replace);
     else
         handler(c);
+}
+
+void cp__api_request_done(struct sy_http_request *req)
+{
+    struct audit_note *note = req->ctx;
+    if (!note)
+        return;
+    req->ctx = NULL;
+    cp__audit_request(req->server->data, req, note->role, note->version);
 }

@@ -16,6 +16,8 @@
 struct cp_publisher;
 struct cp_usage;
 struct cp_events;
+struct cp_audit;
+struct sy_tls_server;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -30,6 +32,8 @@ struct cp_config {
     int usage_retention_days;  /* SWITCHYARD_USAGE_RETENTION_DAYS, --usage-retention-days (30) */
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
+    char *admin_tls_cert; /* SWITCHYARD_ADMIN_TLS_CERT, --admin-tls-cert: HTTPS certificate chain */
+    char *admin_tls_key;  /* SWITCHYARD_ADMIN_TLS_KEY, --admin-tls-key: its private key */
 };
 
 enum cp_role {
@@ -49,6 +53,9 @@ struct cp_server {
     struct cp_usage *usage;   /* usage.c: NULL until started, and after stop */
     struct cp_events *events; /* events.c: NULL without a segment, and after stop */
     uv_signal_t sig_term, sig_int;
+    uv_signal_t sig_hup;       /* reloads the admin listener's certificate */
+    struct sy_tls_server *tls; /* the admin listener's TLS context, or NULL for plain HTTP */
+    struct cp_audit *audit;    /* api_audit.c: the queue of audit records to store */
     bool stopping;
     int64_t started_ms; /* wall clock */
 };
@@ -70,3 +77,13 @@ struct json_t *cp__publisher_status(struct cp_server *cp);
 
 /** Serve one admin request (the http server's on_request). */
 void cp__api_request(struct sy_http_request *req);
+/** A request ended (the http server's on_request_done): an admin write is audited. */
+void cp__api_request_done(struct sy_http_request *req);
+
+/* ---- api_audit.c ------------------------------------------------------------------------- */
+
+/** Start the audit log's writer (before the admin listener serves). Returns 0. */
+int cp__audit_start(struct cp_server *cp, char **err);
+/** Stop it, before the database closes: records still waiting for the database are written to
+ * the log instead. Safe to call twice. */
+void cp__audit_stop(struct cp_server *cp);
