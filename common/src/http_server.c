@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/** The HTTP/1.1 server (see sy/http_server.h): accept, parse with llhttp, enforce limits and timeouts,
- * hand complete requests to the owner one at a time per connection, write responses.
+/** The HTTP/1.1 server (see sy/http_server.h): accept, parse with llhttp, enforce limits and
+ * timeouts, hand complete requests to the owner one at a time per connection, write responses.
  *
  * Reading: every connection reads into the worker's one shared buffer and parses in place; only
  * bytes that arrive while a request is being handled (pipelining) are copied aside. Writing:

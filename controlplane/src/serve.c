@@ -369,8 +369,9 @@ static void on_hup(uv_signal_t *s, int signum)
         free(err);
         return;
     }
-    sy_log(SY_LOG_INFO, "serve", "SIGHUP: admin TLS certificate reloaded: serial %s, %s, expires %s",
-           t->serial, t->subject, t->not_after);
+    sy_log(SY_LOG_INFO, "serve",
+           "SIGHUP: admin TLS certificate reloaded: serial %s, %s, expires %s", t->serial,
+           t->subject, t->not_after);
     sy_tls_server_free(cp->tls); /* open connections hold their own reference */
     cp->tls = t;
     cp->http.tls = t;

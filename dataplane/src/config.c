@@ -109,8 +109,7 @@ static const struct option_def options[] = {
     {"snapshot", "SWITCHYARD_SNAPSHOT", OPT_STRING, OFF(snapshot_path), 0, 0,
      "last-known-good table: worker 0 writes each table from the control plane here (mode "
      "0600); read at start when --table is not given"},
-    {"snapshot-key-file", "SWITCHYARD_SNAPSHOT_KEY_FILE", OPT_STRING, OFF(snapshot_key_file), 0,
-     0,
+    {"snapshot-key-file", "SWITCHYARD_SNAPSHOT_KEY_FILE", OPT_STRING, OFF(snapshot_key_file), 0, 0,
      "32-byte key (64 hex characters or base64) that encrypts the snapshot (AES-256-GCM); "
      "default: <snapshot>.key, made with mode 0600 on first start"},
     {"tls-cert", "SWITCHYARD_TLS_CERT", OPT_STRING, OFF(tls_cert), 0, 0,

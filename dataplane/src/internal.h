@@ -37,8 +37,8 @@ struct dp_config {
     char *snapshot_path;   /* SWITCHYARD_SNAPSHOT, --snapshot: last-known-good table file */
     char *snapshot_key_file; /* SWITCHYARD_SNAPSHOT_KEY_FILE, --snapshot-key-file: the key that
                               * encrypts the snapshot (default <snapshot>.key, made if absent) */
-    char *tls_cert;        /* SWITCHYARD_TLS_CERT, --tls-cert: HTTPS certificate chain (PEM) */
-    char *tls_key;         /* SWITCHYARD_TLS_KEY, --tls-key: its private key (PEM) */
+    char *tls_cert;          /* SWITCHYARD_TLS_CERT, --tls-cert: HTTPS certificate chain (PEM) */
+    char *tls_key;           /* SWITCHYARD_TLS_KEY, --tls-key: its private key (PEM) */
     char *shm_path;        /* SWITCHYARD_SHM, --shm: the node's shared-memory segment file
                             * the control plane attaches (default: anonymous) */
     char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */

@@ -633,8 +633,7 @@ static int bind_listeners(struct master *m)
     m->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                        : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     sy_log(SY_LOG_INFO, "master", "listening on %s", where);
-    printf("switchyard-dataplane listening on %s://%s\n", dp__listen_tls ? "https" : "http",
-           where);
+    printf("switchyard-dataplane listening on %s://%s\n", dp__listen_tls ? "https" : "http", where);
     fflush(stdout);
     if (m->c->port_file != NULL) {
         unsigned port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
