@@ -1,33 +1,34 @@
 -- SPDX-License-Identifier: Apache-2.0
--- The audit log: one row per admin write (POST, PUT, PATCH, DELETE under /admin/v1/), accepted
--- or refused, stored by the admin API framework (controlplane/src/api_audit.c) right after the
--- response, on the same database connection, so a later read sees it (docs/security.md).
+-- The audit log of admin writes (docs/security.md). 001 made audit_log for the command-line
+-- tools (rotate-key writes actor 'cli'); this adds what an admin API write records: one row
+-- per POST, PUT, PATCH or DELETE under /admin/v1/, accepted or refused, stored by the admin API
+-- framework (controlplane/src/api_audit.c) right after the response, on the same database
+-- connection, so a read that follows the answer finds the row.
 --
--- `actor` is who the token says: its role and the first 8 hex digits of its SHA-256
--- ("admin:1a2b3c4d"), "anonymous" without a token. `actor_claimed` is the X-Switchyard-Actor
--- header as the caller sent it: recorded, never trusted. `summary` is the request body with
--- every secret member (api_key, secret, key, password, token, ... at any depth) replaced by
--- "[REDACTED]".
+--   actor          who the token says: its role and the first 8 hex digits of its SHA-256
+--                  ("admin:1a2b3c4d"); "anonymous" without a token
+--   role           admin, read or none (a refused token)
+--   actor_claimed  the X-Switchyard-Actor header as the caller sent it: recorded, not trusted
+--   remote         the client's address and port
+--   method, path   the request; resource and resource_name: /admin/v1/<resource>/<name>
+--   status         the HTTP status answered (499: the client left before the answer)
+--   version        the version after the write (the answer's ETag), when there is one
+--   request_id     the x-request-id of the answer
+--   detail         the request body with every secret member (api_key, secret, key, password,
+--                  token, *_key, *_token, ... at any depth) replaced by "[REDACTED]"
 --
 -- Migrations run inside a transaction: no BEGIN/COMMIT here.
 
-CREATE TABLE audit_log (
-    id bigserial PRIMARY KEY,
-    at timestamptz NOT NULL DEFAULT now(),
-    actor text NOT NULL,
-    role text NOT NULL CONSTRAINT audit_log_role_known CHECK (role IN ('admin', 'read', 'none')),
-    actor_claimed text,
-    remote text,
-    method text NOT NULL,
-    path text NOT NULL,
-    resource text,
-    item text,
-    status int NOT NULL,
-    version bigint,
-    request_id text,
-    summary jsonb
-);
+ALTER TABLE audit_log
+    ADD COLUMN role text CONSTRAINT audit_log_role_known
+        CHECK (role IS NULL OR role IN ('admin', 'read', 'none')),
+    ADD COLUMN actor_claimed text,
+    ADD COLUMN remote text,
+    ADD COLUMN method text,
+    ADD COLUMN path text,
+    ADD COLUMN status int,
+    ADD COLUMN version bigint,
+    ADD COLUMN request_id text;
 
-CREATE INDEX audit_log_at ON audit_log (at);
-CREATE INDEX audit_log_resource ON audit_log (resource, id);
-CREATE INDEX audit_log_actor ON audit_log (actor, id);
+-- GET /admin/v1/audit?actor=: one actor's writes, in order.
+CREATE INDEX audit_log_actor_idx ON audit_log (actor, id);

@@ -107,7 +107,11 @@ int sy_tls_server_new(const char *cert_file, const char *key_file, struct sy_tls
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(t->ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-        rc = fail(err, "cannot load the TLS private key %s (PEM, unencrypted)", key_file);
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+            rc = fail(err, "the TLS private key %s does not match the certificate %s", key_file,
+                      cert_file);
+        else
+            rc = fail(err, "cannot load the TLS private key %s (PEM, unencrypted)", key_file);
         goto fail;
     }
     if (SSL_CTX_check_private_key(t->ctx) != 1) {

@@ -57,10 +57,11 @@ struct cp_audit {
 };
 
 static const char insert_sql[] =
-    "INSERT INTO audit_log (at, actor, role, actor_claimed, remote, method, path, resource, item,"
-    " status, version, request_id, summary)"
+    "INSERT INTO audit_log (at, actor, role, actor_claimed, remote, method, path, resource,"
+    " resource_name, status, version, request_id, detail, action)"
     " VALUES (to_timestamp($1::bigint / 1000.0), $2, $3, $4, $5, $6, $7, $8, $9, $10::int,"
-    " $11::bigint, $12, $13::jsonb)";
+    " $11::bigint, $12, $13::jsonb, CASE $6 WHEN 'POST' THEN 'create' WHEN 'PUT' THEN 'replace'"
+    " WHEN 'PATCH' THEN 'update' WHEN 'DELETE' THEN 'delete' ELSE lower($6) END)";
 
 /* ============================================================================================
  * Redaction
@@ -342,8 +343,9 @@ void cp__audit_stop(struct cp_server *cp)
     "json_build_object('id', id,"                                                                  \
     " 'at', to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"                  \
     " 'actor', actor, 'role', role, 'actor_claimed', actor_claimed, 'remote', remote,"             \
-    " 'method', method, 'path', path, 'resource', resource, 'item', item, 'status', status,"       \
-    " 'version', version, 'request_id', request_id, 'summary', summary)::text"
+    " 'action', action, 'method', method, 'path', path, 'resource', resource,"                     \
+    " 'item', resource_name, 'status', status, 'version', version, 'request_id', request_id,"      \
+    " 'summary', detail)::text"
 
 static const char list_sql[] =
     "SELECT id, " AUDIT_DOC " FROM audit_log"
