@@ -15,8 +15,11 @@
  *
  * Rows come oldest first, paginated like the events. Each is
  *
- *     {"id", "at", "actor", "role", "actor_claimed", "remote", "method", "path", "resource",
- *      "item", "status", "version", "request_id", "summary"}
+ *     {"id", "at", "actor", "role", "actor_claimed", "remote", "action", "method", "path",
+ *      "resource", "item", "status", "version", "request_id", "summary"}
+ *
+ * in the audit_log table that 001 made for the command-line tools (rotate-key's rows have
+ * actor "cli", an action and a summary, and no request); 008 added the request's columns.
  *
  * `actor` is the role and a fingerprint of the token (the first 8 hex digits of its SHA-256),
  * so two tokens of one role are told apart without storing either; `actor_claimed` is the

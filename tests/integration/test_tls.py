@@ -217,6 +217,8 @@ def test_sighup_with_a_new_certificate_serves_it_to_new_connections(gateway, tab
     assert first != 0x5EED01
     assert gw.json("POST", CHAT, chat_body())[0] == 200
     assert "reload: TLS certificate serial 5EED01" in gw.log()
+    gw.stop()  # drains, exits 0
+    assert "Sanitizer" not in gw.log() and "drained and exited with status 0" in gw.log()
 
 
 def test_a_broken_certificate_on_sighup_keeps_the_old_one_serving(gateway, table_for, mock,
@@ -329,6 +331,9 @@ def test_the_admin_api_over_https_and_its_certificate_reload(build_dir, admin_db
         wait_serial(cp.port, certs.ca, 0xAD4017)
         assert cp.admin("GET", "providers/p")[0] == 200
         assert cp.process.alive()
+        cp.process.signal(signal.SIGTERM)
+        assert cp.process.wait(15) == 0
+        assert "Sanitizer" not in cp.process.log()
     finally:
         cp.process.kill()
 
