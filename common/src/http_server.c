@@ -12,6 +12,7 @@
  * written like any response. A plaintext connection pays one well-predicted branch. */
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -817,14 +818,16 @@ static void conn_process(struct sy_http_conn *c)
 
 /* A plain-HTTP client on the TLS port: its first byte is not a TLS handshake record (0x16).
  * Tell it in words it can read, unencrypted, and close, rather than leave it waiting. */
-static const char plain_on_tls[] =
-    "HTTP/1.1 400 Bad Request\r\n"
-    "Content-Type: application/json\r\n"
-    "Content-Length: 168\r\n"
-    "Connection: close\r\n"
-    "\r\n"
-    "{\"error\":{\"message\":\"This port speaks HTTPS: a plain HTTP request was sent to it.\","
-    "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"https_required\"}}\n";
+#define PLAIN_ON_TLS_BODY                                                                          \
+    "{\"error\":{\"message\":\"This port speaks HTTPS: a plain HTTP request was sent to it.\","     \
+    "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"https_required\"}}\n"
+#define PLAIN_ON_TLS_LEN "153"
+static_assert(sizeof(PLAIN_ON_TLS_BODY) - 1 == 153, "PLAIN_ON_TLS_LEN is the body's length");
+static const char plain_on_tls[] = "HTTP/1.1 400 Bad Request\r\n"
+                                   "Content-Type: application/json\r\n"
+                                   "Content-Length: " PLAIN_ON_TLS_LEN "\r\n"
+                                   "Connection: close\r\n"
+                                   "\r\n" PLAIN_ON_TLS_BODY;
 
 static void tls_accept(struct sy_http_conn *c, struct sy_tls_server *t)
 {

@@ -168,6 +168,7 @@ def test_plain_http_to_the_tls_port_gets_a_400_and_is_closed(gateway, table_for,
     assert closed, "the connection was left open"
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), got
+    assert f"content-length: {len(body)}".encode() in head.lower()
     assert json.loads(body)["error"]["code"] == "https_required"
     # and the port still serves HTTPS
     assert gw.json("GET", "/healthz")[0] == 200
