@@ -250,7 +250,7 @@ static char *dup_header(const struct sy_http_request *req, const char *name, siz
 }
 
 void cp__audit_request(struct cp_server *cp, struct sy_http_request *req, enum cp_role role,
-                       int64_t version)
+                       const char *token_name, int64_t version)
 {
     struct cp_audit *a = cp->audit;
     struct audit_row *r;
@@ -267,7 +267,9 @@ void cp__audit_request(struct cp_server *cp, struct sy_http_request *req, enum c
 
     /* who: the token's role and fingerprint, never the token */
     const char *auth = sy_http_req_header(req, "authorization", &len);
-    if (auth && len > 7 && strncasecmp(auth, "Bearer ", 7) == 0) {
+    if (token_name) {
+        r->params[1] = sy_xstrdup(token_name);
+    } else if (auth && len > 7 && strncasecmp(auth, "Bearer ", 7) == 0) {
         unsigned char h[CP_CRYPTO_HASH_LEN];
         cp_crypto_sha256(auth + 7, len - 7, h);
         snprintf(buf, sizeof(buf), "%s:%02x%02x%02x%02x", role_name(role), h[0], h[1], h[2], h[3]);

@@ -51,6 +51,8 @@ static const char usage_text[] =
     "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
     "  --heartbeat-ms MS         SWITCHYARD_HEARTBEAT_MS: node heartbeat period (5000); a node\n"
     "                            not heard from for 3 periods no longer shares the limits\n"
+    "  --admin-tokens-file F     SWITCHYARD_ADMIN_TOKENS_FILE: named tokens, lines\n"
+    "                            name:admin|read:token; re-read on SIGHUP\n"
     "  --admin-tls-cert FILE     SWITCHYARD_ADMIN_TLS_CERT: serve the admin API over HTTPS with\n"
     "                            this certificate chain (PEM); re-read on SIGHUP\n"
     "  --admin-tls-key FILE      SWITCHYARD_ADMIN_TLS_KEY: its private key (PEM)\n"
@@ -98,6 +100,10 @@ static void config_free(struct cp_config *c)
     SY_FREE(c->node_id);
     SY_FREE(c->port_file);
     SY_FREE(c->log_level);
+    SY_FREE(c->tokens_file);
+    cp__tokens_free(c->tokens, c->n_tokens);
+    c->tokens = NULL;
+    c->n_tokens = 0;
     SY_FREE(c->admin_tls_cert);
     SY_FREE(c->admin_tls_key);
 }
@@ -115,6 +121,7 @@ enum {
     OPT_USAGE_FLUSH,
     OPT_HEARTBEAT,
     OPT_ADMIN_TLS_CERT,
+    OPT_ADMIN_TOKENS_FILE,
     OPT_ADMIN_TLS_KEY,
     OPT_LONG_MAX,
 };
@@ -153,6 +160,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     c->node_id = env_dup("SWITCHYARD_NODE_ID");
     c->log_level = env_dup("SWITCHYARD_LOG_LEVEL");
     c->admin_tls_cert = env_dup("SWITCHYARD_ADMIN_TLS_CERT");
+    c->tokens_file = env_dup("SWITCHYARD_ADMIN_TOKENS_FILE");
     c->admin_tls_key = env_dup("SWITCHYARD_ADMIN_TLS_KEY");
     char *admin_file = env_dup("SWITCHYARD_ADMIN_TOKEN_FILE");
     char *ro_file = env_dup("SWITCHYARD_READONLY_TOKEN_FILE");
@@ -180,6 +188,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
         {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"admin-tls-cert", required_argument, NULL, OPT_ADMIN_TLS_CERT},
+        {"admin-tokens-file", required_argument, NULL, OPT_ADMIN_TOKENS_FILE},
         {"admin-tls-key", required_argument, NULL, OPT_ADMIN_TLS_KEY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -207,6 +216,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
         case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
         case OPT_ADMIN_TLS_CERT: set(&c->admin_tls_cert, optarg); break;
+        case OPT_ADMIN_TOKENS_FILE: set(&c->tokens_file, optarg); break;
         case OPT_ADMIN_TLS_KEY: set(&c->admin_tls_key, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
@@ -244,12 +254,18 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         rc = cp__fail(err, -EINVAL, "no database: set SWITCHYARD_DATABASE_URL or --database-url");
         goto out;
     }
-    if (!c->admin_token) {
+    if (c->tokens_file && (rc = cp__tokens_load(c->tokens_file, &c->tokens, &c->n_tokens, err)) < 0)
+        goto out;
+    bool named_admin = false;
+    for (size_t i = 0; i < c->n_tokens; i++)
+        named_admin |= c->tokens[i].role == CP_ROLE_ADMIN;
+    if (!c->admin_token && !named_admin) {
         rc = cp__fail(err, -EINVAL,
-                      "no admin token: set SWITCHYARD_ADMIN_TOKEN(_FILE) or --admin-token(-file)");
+                      "no admin token: set SWITCHYARD_ADMIN_TOKEN(_FILE) or --admin-token(-file), "
+                      "or an admin line in --admin-tokens-file");
         goto out;
     }
-    if (strlen(c->admin_token) < 16) {
+    if (c->admin_token && strlen(c->admin_token) < 16) {
         rc = cp__fail(err, -EINVAL, "the admin token must be at least 16 characters long");
         goto out;
     }
@@ -368,10 +384,25 @@ static void on_hup(uv_signal_t *s, int signum)
     struct sy_tls_server *t = NULL;
     char *err = NULL;
 
-    if (cp->stopping || !cp->cfg.admin_tls_cert) {
-        sy_log(SY_LOG_INFO, "serve", "SIGHUP: nothing to reload (no --admin-tls-cert)");
+    if (cp->stopping)
         return;
+    if (cp->cfg.tokens_file) {
+        struct cp_token *tokens = NULL;
+        size_t n = 0;
+        if (cp__tokens_load(cp->cfg.tokens_file, &tokens, &n, &err) < 0) {
+            sy_log(SY_LOG_ERROR, "serve", "SIGHUP: %s; the %zu named tokens in force stay", err,
+                   cp->cfg.n_tokens);
+            SY_FREE(err);
+        } else {
+            cp__tokens_free(cp->cfg.tokens, cp->cfg.n_tokens);
+            cp->cfg.tokens = tokens;
+            cp->cfg.n_tokens = n;
+            sy_log(SY_LOG_INFO, "serve", "SIGHUP: %zu named admin tokens from %s", n,
+                   cp->cfg.tokens_file);
+        }
     }
+    if (!cp->cfg.admin_tls_cert)
+        return;
     if (sy_tls_server_new(cp->cfg.admin_tls_cert, cp->cfg.admin_tls_key, &t, &err) != 0) {
         sy_log(SY_LOG_ERROR, "serve", "SIGHUP: %s; still serving certificate serial %s", err,
                cp->tls->serial);

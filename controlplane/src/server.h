@@ -33,6 +33,9 @@ struct cp_config {
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
     int heartbeat_ms;          /* SWITCHYARD_HEARTBEAT_MS, --heartbeat-ms (5000) */
+    char *tokens_file;         /* SWITCHYARD_ADMIN_TOKENS_FILE, --admin-tokens-file: named tokens */
+    struct cp_token *tokens;   /* ...as loaded from it (tokens.c); re-read on SIGHUP */
+    size_t n_tokens;
     char *admin_tls_cert; /* SWITCHYARD_ADMIN_TLS_CERT, --admin-tls-cert: HTTPS certificate chain */
     char *admin_tls_key;  /* SWITCHYARD_ADMIN_TLS_KEY, --admin-tls-key: its private key */
 };
@@ -43,6 +46,20 @@ enum cp_role {
     CP_ROLE_ADMIN, /* the admin token: everything */
     CP_ROLE_MAX,
 };
+
+/** A named token from --admin-tokens-file: only its digest is kept. */
+struct cp_token {
+    char *name;
+    enum cp_role role;
+    unsigned char hash[CP_CRYPTO_HASH_LEN]; /* SHA-256 of the token */
+};
+
+/** Read the named tokens of <path> (lines name:role:token, role admin or read). On success
+ * *<out>/<n> hold them (free with cp__tokens_free). Returns 0, or a negative errno with a
+ * message naming the file and line in *<err> (caller frees). */
+int cp__tokens_load(const char *path, struct cp_token **out, size_t *n, char **err);
+/** Wipe and free <n> tokens <t> (NULL is fine). */
+void cp__tokens_free(struct cp_token *t, size_t n);
 
 struct cp_server {
     uv_loop_t loop;

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import time
 
 import pytest
@@ -219,3 +220,88 @@ def test_pages_and_filters(cp):
                      ("after=x", "after"), ("resource=", "resource")):
         st, _, obj = cp.call("GET", "audit?" + q)
         assert st == 400 and obj["error"]["param"] == param, (q, obj)
+
+
+# ---- named tokens ---------------------------------------------------------------------------------
+
+class NamedTokensCP(harness.HTTPClientMixin):
+    """A control plane whose only tokens come from --admin-tokens-file."""
+
+    def __init__(self, build_dir, workdir, db_url, tokens_file, wait=True):
+        exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
+        port_file = os.path.join(workdir, "named.port")
+        argv = [exe, "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
+                "--admin-tokens-file", tokens_file, "--port-file", port_file,
+                "--socket", os.path.join(workdir, "named.sock")]
+        self.process = harness.ManagedProcess("named", argv, os.path.join(workdir, "named.log"),
+                                              env={"SWITCHYARD_MASTER_KEY": "5a" * 32})
+        if wait:
+            self.port = harness.wait_port_file(self.process, port_file, 20)
+            harness.wait_until_answers(self, "/healthz", 10, 200)
+
+    def call(self, method, path, token, body=None):
+        status, _, data = self.request(method, "/admin/v1/" + path, body,
+                                       {"Authorization": f"Bearer {token}"})
+        return status, harness.parse_json(status, data)
+
+
+def test_named_tokens_say_who_and_are_reloaded_on_sighup(build_dir, pg_server, db, tmp_path):
+    alice, bob, carol = ("alice-" + secrets.token_hex(12), "bob-" + secrets.token_hex(12),
+                         "carol-" + secrets.token_hex(12))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# who may change the gateway\nalice:admin:{alice}\n\nbob:read:{bob}\n")
+    cp = NamedTokensCP(build_dir, str(tmp_path), pg_server.url_for(db), str(tokens))
+    try:
+        st, _ = cp.call("POST", "providers", alice,
+                        {"name": "by-alice", "kind": "openai", "api_key": SECRET})
+        assert st == 201
+        st, rows = cp.call("GET", "audit?resource=providers&limit=500", bob)
+        assert st == 200
+        row = rows["data"][-1]
+        assert (row["actor"], row["role"], row["item"], row["status"]) == \
+            ("alice", "admin", None, 201)
+        assert cp.call("DELETE", "providers/by-alice", bob)[0] == 403
+        st, rows = cp.call("GET", "audit?actor=bob", alice)
+        assert [(r["actor"], r["role"], r["status"]) for r in rows["data"]] == \
+            [("bob", "read", 403)]
+
+        # a broken file on SIGHUP: logged, the tokens in force stay
+        tokens.write_text("alice:superuser:" + alice + "\n")
+        cp.process.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "the role of \"alice\" must be admin or read" not in cp.process.log():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cp.call("GET", "providers", alice)[0] == 200
+
+        # alice leaves, carol arrives
+        tokens.write_text(f"bob:read:{bob}\ncarol:admin:{carol}\n")
+        cp.process.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while cp.call("GET", "providers", carol)[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cp.call("GET", "providers", alice)[0] == 401
+        assert cp.call("DELETE", "providers/by-alice", carol)[0] == 204
+        st, rows = cp.call("GET", "audit?actor=carol", bob)
+        assert [(r["method"], r["status"]) for r in rows["data"]] == [("DELETE", 204)]
+    finally:
+        cp.process.kill()
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("alice:admin:short\n", "must be at least 16 characters"),
+    ("alice:root:" + "x" * 20 + "\n", "must be admin or read"),
+    ("just-a-token-without-a-name\n", "expected name:role:token"),
+    ("bob:read:" + "y" * 20 + "\n", "no admin token"),
+    ("a:admin:" + "x" * 20 + "\na:read:" + "y" * 20 + "\n", "named twice"),
+])
+def test_a_bad_tokens_file_is_fatal_at_start(build_dir, pg_server, db, tmp_path, text, fragment):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(text)
+    cp = NamedTokensCP(build_dir, str(tmp_path), pg_server.url_for(db), str(tokens), wait=False)
+    try:
+        assert cp.process.wait(15) != 0
+        assert fragment in cp.process.log()
+    finally:
+        cp.process.kill()
