@@ -5,8 +5,9 @@
 -- framework (controlplane/src/api_audit.c) right after the response, on the same database
 -- connection, so a read that follows the answer finds the row.
 --
---   actor          who the token says: its role and the first 8 hex digits of its SHA-256
---                  ("admin:1a2b3c4d"); "anonymous" without a token
+--   actor          who the token says: a named token's name ("alice"), else its role and
+--                  the first 8 hex digits of its SHA-256 ("admin:1a2b3c4d"); "anonymous"
+--                  without a token
 --   role           admin, read or none (a refused token)
 --   actor_claimed  the X-Switchyard-Actor header as the caller sent it: recorded, not trusted
 --   remote         the client's address and port

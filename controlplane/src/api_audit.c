@@ -21,8 +21,9 @@
  * in the audit_log table that 001 made for the command-line tools (rotate-key's rows have
  * actor "cli", an action and a summary, and no request); 008 added the request's columns.
  *
- * `actor` is the role and a fingerprint of the token (the first 8 hex digits of its SHA-256),
- * so two tokens of one role are told apart without storing either; `actor_claimed` is the
+ * `actor` is a named token's name (--admin-tokens-file, tokens.c), else the role and a
+ * fingerprint of the token (the first 8 hex digits of its SHA-256), so two tokens of one role
+ * are told apart without storing either; `actor_claimed` is the
  * X-Switchyard-Actor header as sent (a name the caller chose, recorded, not verified);
  * `summary` is the JSON body with secret members replaced by "[REDACTED]". */
 
