@@ -913,13 +913,15 @@ static void tls_input(struct sy_http_conn *c, const char *d, size_t n)
         sy_log(SY_LOG_DEBUG, "server", "TLS %s failed: %s",
                SSL_is_init_finished(c->ssl) ? "connection" : "handshake", reason);
         tls_flush(c);
+        SSL_set_quiet_shutdown(c->ssl, 1); /* no close_notify after a fatal alert */
         if (c->req_active)
             conn_close(c);
         else
             conn_close_graceful(c);
         return;
     }
-    if (!c->closes_pending && tls_flush(c) < 0)
+    /* Handshake messages and session tickets; a closing connection flushed its last bytes. */
+    if (c->state != CONN_CLOSING && tls_flush(c) < 0)
         conn_close(c);
 }
 

@@ -376,8 +376,9 @@ static void on_signal(uv_signal_t *s, int signum)
     cp->db = NULL;
 }
 
-/* SIGHUP: read the admin listener's certificate and key again. New connections get the new
- * certificate; open ones finish with the old. A bad file is logged and the old one stays. */
+/* SIGHUP: read the named tokens and the admin listener's certificate and key again. New
+ * connections get the new certificate; open ones finish with the old. A bad file is logged and
+ * what is in force stays. */
 static void on_hup(uv_signal_t *s, int signum)
 {
     struct cp_server *cp = s->data;
@@ -386,6 +387,11 @@ static void on_hup(uv_signal_t *s, int signum)
 
     if (cp->stopping)
         return;
+    if (!cp->cfg.tokens_file && !cp->cfg.admin_tls_cert) {
+        sy_log(SY_LOG_INFO, "serve",
+               "SIGHUP: nothing to reload (no --admin-tokens-file, no --admin-tls-cert)");
+        return;
+    }
     if (cp->cfg.tokens_file) {
         struct cp_token *tokens = NULL;
         size_t n = 0;
