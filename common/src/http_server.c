@@ -819,7 +819,7 @@ static void conn_process(struct sy_http_conn *c)
 /* A plain-HTTP client on the TLS port: its first byte is not a TLS handshake record (0x16).
  * Tell it in words it can read, unencrypted, and close, rather than leave it waiting. */
 #define PLAIN_ON_TLS_BODY                                                                          \
-    "{\"error\":{\"message\":\"This port speaks HTTPS: a plain HTTP request was sent to it.\","     \
+    "{\"error\":{\"message\":\"This port speaks HTTPS: a plain HTTP request was sent to it.\","    \
     "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"https_required\"}}\n"
 #define PLAIN_ON_TLS_LEN "153"
 static_assert(sizeof(PLAIN_ON_TLS_BODY) - 1 == 153, "PLAIN_ON_TLS_LEN is the body's length");

@@ -33,7 +33,7 @@ static const struct cp_resource *const resources[] = {
 struct audit_note {
     enum cp_role role;
     const char *token_name; /* a named token's name (in the request's arena), or NULL */
-    int64_t version; /* the ETag of the answer, -1 for none */
+    int64_t version;        /* the ETag of the answer, -1 for none */
 };
 
 /* ============================================================================================
