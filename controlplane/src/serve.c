@@ -21,6 +21,7 @@
 #include "sy/log.h"
 #include "sy/util.h"
 #include "usage.h"
+#include "budget.h"
 
 static const char usage_text[] =
     "Usage: switchyard-controlplane [serve] [OPTIONS]\n"
@@ -324,6 +325,7 @@ static void on_signal(uv_signal_t *s, int signum)
     /* the last usage flush and decision-log write, before the database closes */
     cp__events_stop(cp);
     cp__usage_stop(cp);
+    cp__budget_stop(cp);
     cp_db_close(cp->db);
     cp->db = NULL;
 }
@@ -336,6 +338,8 @@ static void on_db_state(struct cp_db *db, void *ud, bool up, const char *why)
         sy_log(SY_LOG_WARN, "db", "database connection down: %s", why ? why : "");
     cp__publisher_db_state(ud, up);
     cp__usage_db_state(ud, up);
+    if (up)
+        cp__budget_kick(ud);
 }
 
 int cp_serve(int argc, char **argv)
@@ -416,7 +420,8 @@ int cp_serve(int argc, char **argv)
     }
     /* before the metrics module takes the segment path */
     if (cp__usage_start(cp, mcfg.shm_path, &err) < 0 ||
-        cp__events_start(cp, mcfg.shm_path, &err) < 0) {
+        cp__events_start(cp, mcfg.shm_path, &err) < 0 ||
+        cp__budget_start(cp, mcfg.shm_path, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
     }
@@ -447,6 +452,7 @@ out_db:
     if (cp->db) {
         cp__events_stop(cp);
         cp__usage_stop(cp);
+        cp__budget_stop(cp);
         cp__publisher_stop(cp);
         cp_db_close(cp->db);
         cp->db = NULL;

@@ -16,6 +16,7 @@
 struct cp_publisher;
 struct cp_usage;
 struct cp_events;
+struct cp_budgets;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -50,7 +51,8 @@ struct cp_server {
     struct cp_events *events; /* events.c: NULL without a segment, and after stop */
     uv_signal_t sig_term, sig_int;
     bool stopping;
-    int64_t started_ms; /* wall clock */
+    int64_t started_ms;         /* wall clock */
+    struct cp_budgets *budgets; /* budget.c: NULL until started, and after stop */
 };
 
 /* ---- publish.c --------------------------------------------------------------------------- */

@@ -4,13 +4,16 @@
  * usage), sent upstream, and its answer relayed: buffered for JSON, event by event for SSE. */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "budget.h"
 #include "rewrite.h"
 #include "worker.h"
 #include "sy/log.h"
@@ -292,6 +295,34 @@ static bool key_allows(struct sy_http_request *req, const struct sy_key *k, cons
         return true;
     api_error(req, 403, "permission_denied", "model_not_allowed", "model",
                        "This API key is not allowed to use the model `%.*s`.", (int)len, model);
+    return false;
+}
+
+/* The budgets covering key <k> (may be NULL) of table <t>: when one is exhausted, answer 429 in
+ * the client's API shape, naming the budget and when it resets, and return false. */
+static bool budgets_admit(struct sy_http_request *req, const struct sy_table *t,
+                          const struct sy_key *k)
+{
+    const struct sy_budget *b = NULL;
+    uint64_t reset_ms = 0;
+    if (dp__budget_admits(dp__req_worker(req), t, k, req->id, &b, &reset_ms))
+        return true;
+    uint64_t now = dp_budget_now_ms();
+    uint64_t secs = reset_ms > now ? (reset_ms - now + 999) / 1000 : 1;
+    char extra[48], at[32], amount[32];
+    snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", secs);
+    time_t rs = (time_t)(reset_ms / 1000);
+    struct tm tm;
+    gmtime_r(&rs, &tm);
+    strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    api_error_h(req, extra, 429, "insufficient_quota", "budget_exceeded", NULL,
+                "The spend budget `%s` of this API key is exhausted (%s per %s). It resets at %s, "
+                "in %" PRIu64 " s.",
+                b->name, dp_budget_amount(b->amount_micros, amount),
+                b->period == SY_BUDGET_DAY    ? "day"
+                : b->period == SY_BUDGET_WEEK ? "week"
+                                              : "month",
+                at, secs);
     return false;
 }
 
@@ -1393,6 +1424,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                                                ? (uint32_t)SY_MIN(json_integer_value(jmax),
                                                                   1u << 24)
                                                : 0);
+    if (!budgets_admit(req, p->t, key)) {
+        json_decref(root);
+        return;
+    }
     uint32_t key_wait;
     const char *key_limit = NULL;
     if (!dp__gov_key_admits(p->w, key, p->est_cost_tokens, &key_wait, &key_limit)) {
@@ -1471,6 +1506,8 @@ void dp__proxy_request_done(struct sy_http_request *req)
     dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
                     p->usage.completion_tokens, now - req->start_ns,
                     p->first_ns ? p->first_ns - req->start_ns : 0);
+    dp__budget_charge(p->w, p->t, p->key,
+                      dp__gov_cost(d, p->usage.prompt_tokens, p->usage.completion_tokens), req->id);
     req->handler = NULL;
 }
 
