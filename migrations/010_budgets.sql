@@ -104,13 +104,17 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Every enabled budget at <p_at> (the control plane's clock): its period, the spend PostgreSQL
--- holds for it, in millionths (what the shared memory counts in).
-CREATE FUNCTION budget_state(p_at timestamptz)
+-- holds for it, in millionths (what the shared memory counts in). <p_offset_ms> is how far the
+-- control plane's clock is ahead of PostgreSQL's (SWITCHYARD_TEST_CLOCK_OFFSET_MS in tests, 0
+-- otherwise): the rows are stamped with PostgreSQL's, so the bounds are moved back by it.
+CREATE FUNCTION budget_state(p_at timestamptz, p_offset_ms bigint DEFAULT 0)
 RETURNS TABLE (id bigint, slot int, name text, amount numeric, soft_percent int,
                period_start timestamptz, period_end timestamptz, spent_micros bigint)
 LANGUAGE sql STABLE AS $$
     SELECT b.id, b.slot, b.name, b.amount, b.soft_percent, p.period_start, p.period_end,
-           (budget_spent(b, p.period_start, p.period_end) * 1000000)::bigint
+           (budget_spent(b, p.period_start - make_interval(secs => p_offset_ms / 1000.0),
+                         p.period_end - make_interval(secs => p_offset_ms / 1000.0))
+            * 1000000)::bigint
     FROM budgets b, budget_period(b.period, b.timezone, p_at) p
     WHERE b.enabled
     ORDER BY b.id

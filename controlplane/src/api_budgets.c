@@ -8,8 +8,10 @@
  * plus id, object, slot, version, created_at and updated_at on reads (budget_doc() in
  * migrations/010_budgets.sql). The read of one budget, GET /admin/v1/budgets/<name>, also
  * shows its current period: `spent` (what PostgreSQL holds for the period from every node,
- * plus what this node has counted and not flushed yet), `period_start`, `period_end` and
- * `state` (ok, soft or exhausted). Every write refreshes the node's budgets at once. */
+ * plus what this node has counted and not flushed yet), `period_start`, `period_end`, `state`
+ * (ok, soft or exhausted) and `enforced` (this node's data plane has the budget's period set up
+ * in shared memory; until then, spent is PostgreSQL's alone). Every write refreshes the node's
+ * budgets at once. */
 
 #include <inttypes.h>
 #include <math.h>
@@ -25,7 +27,7 @@ static const char *const fields[] = {
     "name", "scope", "subject", "amount", "period", "timezone", "soft_percent", "enabled",
     /* shown by reads, ignored on writes so a fetched document can be sent back edited */
     "id", "object", "slot", "version", "created_at", "updated_at", "spent", "period_start",
-    "period_end", "state", NULL};
+    "period_end", "state", "enforced", NULL};
 static const char *const scopes[] = {"key", "agent", "user", NULL};
 static const char *const periods[] = {"day", "week", "month", NULL};
 
@@ -147,8 +149,12 @@ static void on_got(struct cp_call *c, const PGresult *res, const char *err)
         cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the budget");
         return;
     }
-    uint64_t spent = (uint64_t)SY_MAX(col(res, G_SPENT), 0) +
-                     cp__budget_unflushed(c->cp, col(res, G_ID), (uint32_t)col(res, G_SLOT));
+    /* What this node enforces when its slot is set up for this period; else PostgreSQL's. */
+    uint64_t spent;
+    bool enforced = cp__budget_spent(c->cp, col(res, G_ID), (uint32_t)col(res, G_SLOT),
+                                     col(res, G_START), &spent);
+    if (!enforced)
+        spent = (uint64_t)SY_MAX(col(res, G_SPENT), 0);
     uint64_t amount = (uint64_t)col(res, G_AMOUNT);
     int64_t soft = col(res, G_SOFT);
     const char *state = spent >= amount                                        ? "exhausted"
@@ -159,24 +165,27 @@ static void on_got(struct cp_call *c, const PGresult *res, const char *err)
     json_object_set_new(doc, "period_start", json_string(cp__format_time(col(res, G_START), t)));
     json_object_set_new(doc, "period_end", json_string(cp__format_time(col(res, G_END), t)));
     json_object_set_new(doc, "state", json_string(state));
+    json_object_set_new(doc, "enforced", json_boolean(enforced));
     cp_call_json(c, 200, doc, col(res, G_VERSION));
 }
 
 static void get(struct cp_call *c)
 {
-    char now[24];
-    const char *p[] = {c->name, cp_i64(now, cp__budget_now_ms())};
+    char now[24], off[24];
+    const char *p[] = {c->name, cp_i64(now, cp__budget_now_ms()),
+                       cp_i64(off, cp__budget_offset_ms())};
     cp_call_query(
         c,
         "SELECT budget_doc(b), b.version, b.id, b.slot,"
-        " (budget_spent(b, p.period_start, p.period_end) * 1000000)::bigint,"
+        " (budget_spent(b, p.period_start - make_interval(secs => $3::bigint / 1000.0),"
+        "  p.period_end - make_interval(secs => $3::bigint / 1000.0)) * 1000000)::bigint,"
         " (extract(epoch FROM p.period_start) * 1000)::bigint,"
         " (extract(epoch FROM p.period_end) * 1000)::bigint,"
         " (b.amount * 1000000)::bigint, b.soft_percent"
         " FROM budgets b,"
         " budget_period(b.period, b.timezone, to_timestamp($2::double precision / 1000)) p"
         " WHERE b.name = $1",
-        2, p, on_got);
+        3, p, on_got);
 }
 
 /* ?q= matches the name or the subject; ?scope= and ?subject= filter exactly. */

@@ -58,12 +58,13 @@ struct cp_budgets {
     bool warned_capacity;
 };
 
-static const char state_sql[] = "SELECT id, slot, name, (amount * 1000000)::bigint, soft_percent,"
-                                " (extract(epoch FROM period_start) * 1000)::bigint,"
-                                " (extract(epoch FROM period_end) * 1000)::bigint, spent_micros"
-                                " FROM budget_state(to_timestamp($1::double precision / 1000))";
+static const char state_sql[] =
+    "SELECT id, slot, name, (amount * 1000000)::bigint, soft_percent,"
+    " (extract(epoch FROM period_start) * 1000)::bigint,"
+    " (extract(epoch FROM period_end) * 1000)::bigint, spent_micros"
+    " FROM budget_state(to_timestamp($1::double precision / 1000), $2::bigint)";
 
-int64_t cp__budget_now_ms(void)
+int64_t cp__budget_offset_ms(void)
 {
     static int64_t offset = -1; /* the loop's thread only */
     if (offset == -1) {
@@ -77,9 +78,14 @@ int64_t cp__budget_now_ms(void)
                    "clock (tests only)",
                    offset);
     }
+    return offset;
+}
+
+int64_t cp__budget_now_ms(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + offset;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + cp__budget_offset_ms();
 }
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
@@ -280,10 +286,11 @@ static void refresh(struct cp_budgets *m)
         }
         cp__seg_attach(&m->seg, "budget");
     }
-    char at[24];
+    char at[24], off[24];
     snprintf(at, sizeof(at), "%" PRId64, cp__budget_now_ms());
-    const char *params[] = {at};
-    if (cp_db_query(m->cp->db, state_sql, 1, params, on_state, m) == 0) {
+    snprintf(off, sizeof(off), "%" PRId64, cp__budget_offset_ms());
+    const char *params[] = {at, off};
+    if (cp_db_query(m->cp->db, state_sql, 2, params, on_state, m) == 0) {
         m->busy = true;
         m->pending++;
     }
@@ -331,6 +338,23 @@ void cp__budget_kick(struct cp_server *cp)
     struct cp_budgets *m = cp ? cp->budgets : NULL;
     if (m)
         schedule(m, KICK_MS);
+}
+
+bool cp__budget_spent(struct cp_server *cp, int64_t id, uint32_t slot, int64_t start_ms,
+                      uint64_t *spent)
+{
+    struct cp_budgets *m = cp ? cp->budgets : NULL;
+    if (!m || !m->seg.shm || cp__seg_replaced(&m->seg)) /* the data plane has another now */
+        return false;
+    const struct sy_shm_budget *sb = sy_shm_budget_peek(m->seg.shm, slot);
+    if (!sb || atomic_load_explicit(&sb->owner, memory_order_acquire) != (uint64_t)id ||
+        atomic_load_explicit(&sb->period_end_ms, memory_order_acquire) == 0 ||
+        atomic_load_explicit(&sb->period_start_ms, memory_order_relaxed) != (uint64_t)start_ms)
+        return false;
+    int64_t v = (int64_t)atomic_load_explicit(&sb->local_micros, memory_order_relaxed) +
+                atomic_load_explicit(&sb->offset_micros, memory_order_relaxed);
+    *spent = v > 0 ? (uint64_t)v : 0;
+    return true;
 }
 
 uint64_t cp__budget_unflushed(struct cp_server *cp, int64_t id, uint32_t slot)

@@ -44,9 +44,17 @@ void cp__budget_usage_flushed(struct cp_server *cp);
  * millionths (0 when the slot is not the budget's or the segment is not mapped). */
 uint64_t cp__budget_unflushed(struct cp_server *cp, int64_t id, uint32_t slot);
 
+/** The spend of budget <id> in <slot> for the period that starts at <start_ms> as this node
+ * enforces it (PostgreSQL's at the last refresh, plus what the node counted since): true with
+ * *<spent> set, false when the slot is not set up for that budget and period. */
+bool cp__budget_spent(struct cp_server *cp, int64_t id, uint32_t slot, int64_t start_ms,
+                      uint64_t *spent);
+
 /** The budgets' clock: the wall clock in milliseconds, shifted by
  * SWITCHYARD_TEST_CLOCK_OFFSET_MS when set (tests only; read once). */
 int64_t cp__budget_now_ms(void);
+/** That shift in milliseconds (0 outside tests). */
+int64_t cp__budget_offset_ms(void);
 
 /** Append the budgets' metrics (switchyard_budget_spent, _amount, _state) to <b> in the
  * Prometheus text format, as of the last refresh plus the node's unflushed spend. */
