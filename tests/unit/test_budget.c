@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Spend budgets: the data plane's judgement of a slot (owner, period, offset, soft and hard
  * thresholds, rounding), the once-per-period announcements shared by processes, amounts as
- * text, and the routing table's budgets (JSON and msgpack forms, validation messages).
+ * text, the routing table's budgets (JSON and msgpack forms, validation messages), and the
+ * cost of a check and a charge (printed).
  * Periods themselves are PostgreSQL's (budget_period(), pinned by test_budgets.py). */
 #include <errno.h>
 #include <setjmp.h>
@@ -199,6 +200,33 @@ static void test_amount_text(void **state)
     (void)state;
 }
 
+/* ---- cost --------------------------------------------------------------------------------- */
+
+/* What a request of a key with one budget costs on the hot path: the check before it, and the
+ * charge after it (an atomic add and a second judgement). Printed, not asserted. */
+static void cost_of_a_check_and_a_charge(void **state)
+{
+    struct sy_shm_budget sb;
+    struct sy_budget b = budget(7, UINT64_MAX / 2, 80);
+    struct dp_budget_view v;
+    setup(&sb, 7, 0, 0);
+    const uint64_t n = 10000000;
+    uint64_t refused = 0;
+    uint64_t t0 = sy_now_ns();
+    for (uint64_t i = 0; i < n; i++) {
+        dp_budget_judge(&sb, &b, T0 + i / 1000, &v);
+        refused += v.state == DP_BUDGET_EXHAUSTED;
+        atomic_fetch_add_explicit(&sb.local_micros, 20000, memory_order_relaxed);
+        dp_budget_judge(&sb, &b, T0 + i / 1000, &v);
+    }
+    uint64_t t1 = sy_now_ns();
+    print_message("budget check + charge: %.2f ns (over %llu)\n", (double)(t1 - t0) / (double)n,
+                  (unsigned long long)n);
+    assert_int_equal(refused, 0);
+    assert_int_equal(atomic_load(&sb.local_micros), n * 20000);
+    (void)state;
+}
+
 /* ---- the routing table's budgets -------------------------------------------------------- */
 
 /* Test JSON is written with single quotes, to spare the backslashes; this swaps them. */
@@ -328,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_announce_once_per_level_and_period),
         cmocka_unit_test(test_announce_is_shared_by_processes),
         cmocka_unit_test(test_amount_text),
+        cmocka_unit_test(cost_of_a_check_and_a_charge),
         cmocka_unit_test(test_table_budgets_round_trip),
         cmocka_unit_test(test_table_budget_errors),
     };
