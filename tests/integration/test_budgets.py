@@ -32,13 +32,13 @@ COST = 0.02
 
 
 class ControlPlane(harness.HTTPClientMixin):
-    def __init__(self, build_dir, workdir, db_url, sock, shm, env=None, name="cp"):
+    def __init__(self, build_dir, workdir, db_url, sock, shm, env=None, name="cp", node="node-b"):
         exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
         port_file = os.path.join(workdir, f"{name}.port")
         if os.path.exists(port_file):
             os.unlink(port_file)
         argv = [exe, "serve", "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
-                "--admin-token", ADMIN_TOKEN, "--socket", sock, "--node-id", "node-b",
+                "--admin-token", ADMIN_TOKEN, "--socket", sock, "--node-id", node,
                 "--port-file", port_file, "--shm", shm, "--usage-flush-ms", str(FLUSH_MS),
                 "--log-level", "debug"]
         full_env = {"SWITCHYARD_MASTER_KEY": MASTER_KEY}
@@ -65,13 +65,13 @@ class ControlPlane(harness.HTTPClientMixin):
 
 
 class DataPlane(harness.HTTPClientMixin):
-    def __init__(self, build_dir, workdir, sock, shm, env=None, name="dp"):
+    def __init__(self, build_dir, workdir, sock, shm, env=None, name="dp", node="node-b"):
         exe = os.path.join(build_dir, "dataplane", "switchyard-dataplane")
         port_file = os.path.join(workdir, f"{name}.port")
         if os.path.exists(port_file):
             os.unlink(port_file)
         argv = [exe, "--listen", "127.0.0.1:0", "--workers", "2", "--port-file", port_file,
-                "--control-socket", sock, "--node-id", "node-b", "--shm", shm]
+                "--control-socket", sock, "--node-id", node, "--shm", shm]
         self.process = harness.ManagedProcess(name, argv, os.path.join(workdir, f"{name}.log"),
                                               env=env)
         self.port = harness.wait_port_file(self.process, port_file, 10)
@@ -107,15 +107,24 @@ def wait_for(what, pred, timeout=15, interval=0.05):
 
 class Stack:
     """A database, a control plane with the config and three keys, and (unless <dp> is False)
-    a data plane; <env> goes to both planes."""
+    a data plane; <env> goes to both planes. With <config> False, a second node of the same
+    database: its own control plane and data plane, named <node>."""
 
-    def __init__(self, build_dir, workdir, db, mock, env=None, dp=True):
+    def __init__(self, build_dir, workdir, db, mock, env=None, dp=True, node="node-b",
+                 config=True, keys=None):
         self.build_dir, self.workdir, self.db, self.env = build_dir, workdir, db, env
+        self.node = node
         self.sockdir = tempfile.mkdtemp(prefix="sy-bud-")
         self.sock = os.path.join(self.sockdir, "cp.sock")
         self.shm = f"/dev/shm/sy-budget-test-{os.getpid()}-{id(self)}"
         self.dp = None
-        self.cp = ControlPlane(build_dir, workdir, db.url, self.sock, self.shm, env=env)
+        self.cp = ControlPlane(build_dir, workdir, db.url, self.sock, self.shm, env=env,
+                               name=f"cp-{node}", node=node)
+        if not config:
+            self.keys = keys
+            if dp:
+                self.start_dp()
+            return
         mock.reset()
         mock.config({"by_model": {"a-up": {"usage": {"prompt_tokens": 10,
                                                      "completion_tokens": 5}}}})
@@ -139,7 +148,7 @@ class Stack:
 
     def start_dp(self, name="dp"):
         self.dp = DataPlane(self.build_dir, self.workdir, self.sock, self.shm, env=self.env,
-                            name=name)
+                            name=f"{name}-{self.node}", node=self.node)
         self.wait_workers()
 
     def wait_workers(self):
@@ -439,3 +448,31 @@ def test_a_budget_resets_when_its_period_rolls_over(build_dir, tmp_path, fresh_d
         assert got["spent"] <= 2 * COST + 1e-9 and got["state"] != "exhausted", got
     finally:
         st.close()
+
+
+@pytest.mark.timeout(120)
+def test_two_nodes_on_one_database_add_up_their_spend(stack, build_dir, tmp_path, fresh_db,
+                                                      mock):
+    one = stack
+    two = Stack(build_dir, str(tmp_path), fresh_db, mock, node="node-c", config=False,
+                keys=one.keys)
+    try:
+        one.budget({"name": "bot-a-daily", "scope": "agent", "subject": "bot-a", "amount": 0.1,
+                    "period": "day"})
+        two.wait_workers()
+        two.wait_enforced("bot-a-daily")
+        one.chat_ok("k1", 3)  # 0.06 on node one
+        two.chat_ok("k2", 2)  # 0.04 on node two
+        # each node learns the other's spend through PostgreSQL: both see 0.1, both refuse
+        for st in (one, two):
+            wait_for(f"{st.node} sees the whole spend", lambda: (lambda g: g["spent"] == (
+                pytest.approx(0.1)) and g["state"] == "exhausted")(
+                    st.cp.ok("GET", "/budgets/bot-a-daily")))
+            for k in ("k1", "k2"):
+                status, _, body = st.dp.chat(st.key(k))
+                assert status == 429 and "bot-a-daily" in body["error"]["message"], (st.node, k)
+            assert st.dp.chat(st.key("k3"))[0] == 200
+        assert fresh_db.psql("SELECT budget, percent FROM alert_budget_use()") == [
+            ["bot-a-daily", "100.00"]]
+    finally:
+        two.close()
