@@ -31,18 +31,18 @@ CREATE TABLE budgets (
 );
 CREATE INDEX budgets_subject_idx ON budgets (scope, subject);
 
--- A time zone PostgreSQL does not know, or a key budget whose key does not exist, is refused
--- with SY400 naming the field (the admin API answers 400 with it).
+-- A time zone that is not an IANA name PostgreSQL knows, or a key budget whose key does not
+-- exist, is refused with SY400 naming the field (the admin API answers 400 with it). Only
+-- names: PostgreSQL would also take abbreviations and POSIX strings such as "UTC+3", which
+-- means three hours *west* of Greenwich and is a trap for a calendar.
 CREATE FUNCTION budgets_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    BEGIN
-        PERFORM now() AT TIME ZONE NEW.timezone;
-    EXCEPTION WHEN invalid_parameter_value THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = NEW.timezone) THEN
         RAISE EXCEPTION 'timezone: unknown time zone "%" (use an IANA name such as '
                         '"Europe/Paris", or "UTC")', NEW.timezone
             USING ERRCODE = 'SY400', HINT = 'timezone';
-    END;
+    END IF;
     IF NEW.scope = 'key' AND (NEW.subject !~ '^[1-9][0-9]{0,17}$' OR NOT EXISTS (
             SELECT 1 FROM api_keys WHERE id = NEW.subject::bigint)) THEN
         RAISE EXCEPTION 'subject: no client key with id "%" (a key budget names the key by its '

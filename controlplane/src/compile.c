@@ -532,7 +532,7 @@ static int read_budgets(struct build *b, json_t *doc, char **err)
         char id[24];
         snprintf(id, sizeof(id), "%" PRIu64, key->id);
         for (uint32_t j = 0; j < t->n_budgets; j++) {
-            const char *want = !scope[j] || !subject[j]       ? NULL
+            const char *want = !scope[j] || !subject[j]         ? NULL
                                : strcmp(scope[j], "key") == 0   ? id
                                : strcmp(scope[j], "agent") == 0 ? key->agent
                                : strcmp(scope[j], "user") == 0  ? key->user

@@ -108,7 +108,9 @@ static void announce(struct dp_worker *w, const struct sy_table *t, const struct
            period_words[b->period]);
     struct sy_shm_event ev;
     sy_shm_event_init(&ev, SY_EVENT_BUDGET, request_id);
-    ev.ts_ms = dp_budget_now_ms();
+    struct timespec ts; /* the real time: only periods follow the test clock */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ev.ts_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
     ev.table_version = t->version;
     ev.reason = level == DP_BUDGET_EXHAUSTED ? SY_REASON_BUDGET_EXHAUSTED : SY_REASON_BUDGET_SOFT;
     ev.worker = w->index;

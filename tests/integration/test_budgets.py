@@ -238,6 +238,8 @@ def test_budget_writes_are_validated_field_by_field(build_dir, tmp_path, fresh_d
         bad({**good, "name": "Team A"}, "name", "name")
         bad({**good, "colour": "red"}, "colour", "unknown")
         bad({**good, "timezone": "Mars/Olympus"}, "timezone", "unknown time zone")
+        bad({**good, "timezone": "UTC+3"}, "timezone", "IANA name")
+        bad({**good, "timezone": ""}, "timezone", "empty")
         bad({**good, "scope": "key", "subject": "abc"}, "subject", "id")
         bad({**good, "scope": "key", "subject": 999999}, "subject", "no client key")
 

@@ -224,7 +224,7 @@ struct sy_key {
     uint32_t tpm;       /* tokens per minute; 0 = no limit */
     struct sy_key_limit *model_limits; /* sorted by model name; NULL when none */
     uint32_t n_model_limits;
-    uint32_t *budgets;  /* indices into the table's budgets of those that cover the key */
+    uint32_t *budgets; /* indices into the table's budgets of those that cover the key */
     uint32_t n_budgets;
 };
 
