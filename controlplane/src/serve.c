@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "budget.h"
 #include "events.h"
 #include "internal.h"
 #include "metrics.h"
@@ -21,7 +22,6 @@
 #include "sy/log.h"
 #include "sy/util.h"
 #include "usage.h"
-#include "budget.h"
 
 static const char usage_text[] =
     "Usage: switchyard-controlplane [serve] [OPTIONS]\n"
