@@ -139,6 +139,7 @@ struct proxy {
     struct dp_usage usage;  /* what the provider reported for the answer */
     uint64_t first_ns;      /* when the client got its first byte (head) */
     bool cut;               /* a stream ended by an error after content went out */
+    bool budget_charged;    /* the answer's cost is in the key's budgets */
 };
 
 static void next_attempt(struct proxy *p);
@@ -297,6 +298,19 @@ static bool key_allows(struct sy_http_request *req, const struct sy_key *k, cons
     api_error(req, 403, "permission_denied", "model_not_allowed", "model",
                        "This API key is not allowed to use the model `%.*s`.", (int)len, model);
     return false;
+}
+
+/* Count the cost of the answer of deployment <d> into the key's budgets, once: before a
+ * buffered answer goes out, so that a request the client sends after reading it sees its cost;
+ * at the end of the request otherwise (streams, failures). */
+static void charge_budgets(struct proxy *p, const struct sy_deployment *d)
+{
+    if (p->budget_charged)
+        return;
+    p->budget_charged = true;
+    dp__budget_charge(p->w, p->t, p->key,
+                      dp__gov_cost(d, p->usage.prompt_tokens, p->usage.completion_tokens),
+                      p->req ? p->req->id : NULL);
 }
 
 /* The budgets covering key <k> (may be NULL) of table <t>: when one is exhausted, answer 429 in
@@ -823,6 +837,8 @@ static void relay_final(struct proxy *p, enum dp_upstream_error err, const char 
     add_trace_headers(p, &headers);
     const char *ctype = p->ctype ? p->ctype : "application/json";
     int status = p->status;
+    if (status >= 200 && status < 300 && p->n_trace) /* the last attempt answered */
+        charge_budgets(p, &p->t->deployments[p->trace[p->n_trace - 1].dep]);
     proxy_release(p);
     /* The arena (and ctype in it) lives until the request ends inside sy_http_resp_send. */
     sy_http_resp_send(req, status, ctype, headers.len ? headers.data : NULL,
@@ -1507,8 +1523,7 @@ void dp__proxy_request_done(struct sy_http_request *req)
     dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
                     p->usage.completion_tokens, now - req->start_ns,
                     p->first_ns ? p->first_ns - req->start_ns : 0);
-    dp__budget_charge(p->w, p->t, p->key,
-                      dp__gov_cost(d, p->usage.prompt_tokens, p->usage.completion_tokens), req->id);
+    charge_budgets(p, d);
     req->handler = NULL;
 }
 
