@@ -484,3 +484,31 @@ def test_two_nodes_on_one_database_add_up_their_spend(stack, build_dir, tmp_path
             ["bot-a-daily", "100.00"]]
     finally:
         two.close()
+
+
+@pytest.mark.timeout(120)
+def test_enforcement_outlives_the_control_plane_and_its_restart(stack):
+    st = stack
+    st.budget({"name": "k1-daily", "scope": "key", "subject": st.keys["k1"][1], "amount": 0.1,
+               "period": "day"})
+    st.chat_ok("k1", 4)  # 0.08: flushed while the control plane runs
+    wait_for("0.08 in PostgreSQL", lambda: st.db.psql(
+        "SELECT budget_spent(b, p.period_start, p.period_end) FROM budgets b,"
+        " budget_period(b.period, b.timezone, now()) p")[0][0] == "0.080000")
+    st.cp.stop()
+    # without a control plane the data plane goes on counting and enforcing
+    st.chat_ok("k1", 1)
+    status, _, body = st.dp.chat(st.key("k1"))
+    assert status == 429 and "k1-daily" in body["error"]["message"], body
+    assert st.dp.chat(st.key("k2"))[0] == 200
+    # a new control plane takes the slot over as it is: the spend is neither lost nor doubled
+    st.cp = ControlPlane(st.build_dir, st.workdir, st.db.url, st.sock, st.shm, name="cp2")
+    st.wait_workers()
+    got = st.wait_enforced("k1-daily")
+    assert got["spent"] == pytest.approx(0.1) and got["state"] == "exhausted", got
+    assert st.dp.chat(st.key("k1"))[0] == 429
+    wait_for("0.1 in PostgreSQL", lambda: st.db.psql(
+        "SELECT budget_spent(b, p.period_start, p.period_end) FROM budgets b,"
+        " budget_period(b.period, b.timezone, now()) p")[0][0] == "0.100000")
+    time.sleep(3 * FLUSH_MS / 1000)
+    assert st.cp.ok("GET", "/budgets/k1-daily")["spent"] == pytest.approx(0.1)
