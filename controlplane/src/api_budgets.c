@@ -127,6 +127,7 @@ enum {
     G_END,
     G_AMOUNT,
     G_SOFT,
+    G_ENABLED,
 };
 
 static int64_t col(const PGresult *res, int c)
@@ -151,7 +152,8 @@ static void on_got(struct cp_call *c, const PGresult *res, const char *err)
     }
     /* What this node enforces when its slot is set up for this period; else PostgreSQL's. */
     uint64_t spent;
-    bool enforced = cp__budget_spent(c->cp, col(res, G_ID), (uint32_t)col(res, G_SLOT),
+    bool enforced = strcmp(PQgetvalue(res, 0, G_ENABLED), "t") == 0 &&
+                    cp__budget_spent(c->cp, col(res, G_ID), (uint32_t)col(res, G_SLOT),
                                      col(res, G_START), &spent);
     if (!enforced)
         spent = (uint64_t)SY_MAX(col(res, G_SPENT), 0);
@@ -181,7 +183,7 @@ static void get(struct cp_call *c)
         "  p.period_end - make_interval(secs => $3::bigint / 1000.0)) * 1000000)::bigint,"
         " (extract(epoch FROM p.period_start) * 1000)::bigint,"
         " (extract(epoch FROM p.period_end) * 1000)::bigint,"
-        " (b.amount * 1000000)::bigint, b.soft_percent"
+        " (b.amount * 1000000)::bigint, b.soft_percent, b.enabled"
         " FROM budgets b,"
         " budget_period(b.period, b.timezone, to_timestamp($2::double precision / 1000)) p"
         " WHERE b.name = $1",

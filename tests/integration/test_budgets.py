@@ -377,6 +377,8 @@ def test_a_key_budget_warns_at_soft_then_refuses_with_429_until_raised(stack):
     st.cp.ok("PATCH", "/budgets/k1-daily", {"enabled": False})
     wait_for("k1 admitted without the budget", lambda: st.dp.chat(st.key("k1"))[0] == 200, 10,
              0.1)
+    got = st.cp.ok("GET", "/budgets/k1-daily")
+    assert not got["enforced"] and not got["enabled"], got
 
 
 @pytest.mark.timeout(90)
