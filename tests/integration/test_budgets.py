@@ -13,6 +13,7 @@ rollover test shifts the budgets' clock of both planes with SWITCHYARD_TEST_CLOC
 that a UTC day ends a few seconds after the test starts."""
 
 import datetime
+import json
 import os
 import shutil
 import tempfile
@@ -514,3 +515,27 @@ def test_enforcement_outlives_the_control_plane_and_its_restart(stack):
         " budget_period(b.period, b.timezone, now()) p")[0][0] == "0.100000")
     time.sleep(3 * FLUSH_MS / 1000)
     assert st.cp.ok("GET", "/budgets/k1-daily")["spent"] == pytest.approx(0.1)
+
+
+@pytest.mark.timeout(90)
+def test_streams_are_counted_and_a_refused_stream_gets_a_json_429(stack):
+    st = stack
+    st.budget({"name": "carl-daily", "scope": "user", "subject": "carl", "amount": 0.05,
+               "period": "day"})
+    body = {"model": "alpha", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"Authorization": f"Bearer {st.key('k3')}"}
+    for _ in range(2):
+        with st.dp.stream(CHAT, body, headers=auth) as s:
+            evs = s.collect()
+            assert s.status == 200 and evs[-1].done, evs
+    # an Anthropic stream on the same key: 0.06 in all
+    with st.dp.stream(MESSAGES, {**body, "max_tokens": 16},
+                      headers={"x-api-key": st.key("k3")}) as s:
+        evs = s.collect()
+        assert s.status == 200 and evs[-1].event == "message_stop", [e.event for e in evs]
+    wait_for("the streams' cost counted", lambda: (lambda g: g["spent"] == pytest.approx(
+        3 * COST) and g["state"] == "exhausted")(st.cp.ok("GET", "/budgets/carl-daily")))
+    with st.dp.stream(CHAT, body, headers=auth) as s:
+        assert s.status == 429 and int(s.headers["retry-after"]) > 0
+        err = json.loads(s.body())["error"]
+        assert err["code"] == "budget_exceeded" and "carl-daily" in err["message"], err
