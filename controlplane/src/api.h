@@ -141,6 +141,7 @@ extern const struct cp_resource cp_api_usage;
 extern const struct cp_resource cp_api_events;
 extern const struct cp_resource cp_api_requests;
 extern const struct cp_resource cp_api_audit;
+extern const struct cp_resource cp_api_budgets;
 
 /* ---- api_audit.c: the audit log ------------------------------------------------------------ */
 

@@ -34,6 +34,7 @@
 
 #include <uv.h>
 
+#include "budget.h"
 #include "crypto.h"
 #include "internal.h"
 #include "metrics.h"
@@ -522,6 +523,7 @@ void cp__metrics_render(struct cp_metrics *m, struct sy_buf *b)
            "1 when the control plane maps the node's shared memory (the data plane's counters)");
     sample_head(b, "switchyard_shm_attached", "", NULL);
     put_u64(b, m->shm != NULL);
+    cp__budget_metrics(cp, b);
 
     if (!m->shm)
         return;

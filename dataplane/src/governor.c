@@ -315,10 +315,10 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
     }
 }
 
-/* Prices are per million tokens: tokens x price is the cost in millionths. */
-static uint64_t cost_micros(const struct sy_deployment *d, uint64_t prompt_tokens,
-                            uint64_t completion_tokens)
+uint64_t dp__gov_cost(const struct sy_deployment *d, uint64_t prompt_tokens,
+                      uint64_t completion_tokens)
 {
+    /* Prices are per million tokens: tokens x price is the cost in millionths. */
     return d ? (uint64_t)((double)prompt_tokens * d->price.input +
                           (double)completion_tokens * d->price.output + 0.5)
              : 0;
@@ -330,7 +330,7 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
 {
     if (!w->shm)
         return;
-    uint64_t cost = cost_micros(d, prompt_tokens, completion_tokens);
+    uint64_t cost = dp__gov_cost(d, prompt_tokens, completion_tokens);
     struct sy_shm_counters *mc =
         m ? sy_shm_counters(w->shm, w->index, SY_SHM_MODEL, m->slot) : NULL;
     sy_shm_outcome(mc, o);
@@ -377,7 +377,7 @@ void dp__gov_reqlog(struct dp_worker *w, const struct sy_table *t,
         .ttfb_us = f->first_byte_ns / 1000,
         .prompt_tokens = f->prompt_tokens,
         .completion_tokens = f->completion_tokens,
-        .cost_micros = cost_micros(f->dep, f->prompt_tokens, f->completion_tokens),
+        .cost_micros = dp__gov_cost(f->dep, f->prompt_tokens, f->completion_tokens),
         .worker = w->index,
         .model_slot = f->model ? f->model->slot : SY_SHM_NO_SLOT,
         .deployment_slot = f->dep ? f->dep->slot : SY_SHM_NO_SLOT,
