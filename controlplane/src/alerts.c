@@ -169,10 +169,11 @@ static void on_sent(struct cp_webhook_req *req, void *ud, int status, const char
     struct cp_alerts *a = dv->a;
     struct cp_config *cfg = &a->cp->cfg;
     a->inflight--;
-    char st[24], wait[24];
+    char id[24], st[24], wait[24];
+    snprintf(id, sizeof(id), "%s", dv->id); /* dv is freed before the query is sent */
     snprintf(st, sizeof(st), "%d", status);
     const char *sql;
-    const char *p[4] = {dv->id, status ? st : NULL, error, NULL};
+    const char *p[4] = {id, status ? st : NULL, error, NULL};
     int n = 3;
     if (!error) {
         a->stats.sent++;

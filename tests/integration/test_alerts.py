@@ -1,0 +1,624 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Alerts end to end: rules and channels through the admin API, evaluation in PostgreSQL under an
+advisory lock, webhooks to a receiver in this process (http.server on port 0, over HTTP or HTTPS,
+told to fail N times).
+
+Real traffic through a gateway with the mock provider's faults makes an error_rate rule fire and
+then resolve, a circuit open, and a deployment go silent. Without traffic, circuit transitions are
+written into the decision log directly (as the event drain would), which is enough to prove the
+five body shapes and their signatures, retries with backoff, a delivery that survives a killed
+control plane, and two control planes on one database sending one notification per transition."""
+
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+import harness
+from pg import PgServer, fresh_db, pg_server  # noqa: F401  (fixtures)
+
+MASTER_KEY = "a1" * 32
+ADMIN_TOKEN = "alerts-admin-token-0123456789"
+CHAT = "/v1/chat/completions"
+
+
+# ---- a webhook receiver -------------------------------------------------------------------------
+
+class Receiver:
+    """Records every POST: {path, query, headers (lowercased), body (parsed), raw, t}. Answers 500
+    to the next <fail> requests, then 200 with <answer>."""
+
+    def __init__(self, certs=None, host="127.0.0.1"):
+        self.requests = []
+        self.fail = 0
+        self.answer = b'{"errcode":0,"code":0}'
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n)
+                url = urllib.parse.urlsplit(self.path)
+                with outer.lock:
+                    failing = outer.fail > 0
+                    if failing:
+                        outer.fail -= 1
+                    try:
+                        body = json.loads(raw)
+                    except ValueError:
+                        body = None
+                    outer.requests.append({
+                        "path": url.path, "query": urllib.parse.parse_qs(url.query),
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body, "raw": raw, "t": time.monotonic(), "failed": failing})
+                out = b'{"error":"told to fail"}' if failing else outer.answer
+                self.send_response(500 if failing else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        scheme = "http"
+        if certs is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certs.cert, certs.key)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.port = self.server.server_address[1]
+        self.url = f"{scheme}://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def on(self, path):
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+    def ok(self, path):
+        return [r for r in self.on(path) if not r["failed"]]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# ---- the stack ------------------------------------------------------------------------------------
+
+class ControlPlane(harness.HTTPClientMixin):
+    def __init__(self, build_dir, workdir, db_url, name="cp", node="node-a", sock=None, shm=None,
+                 args=()):
+        exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
+        port_file = os.path.join(workdir, f"{name}.port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        self.sockdir = None
+        if sock is None:
+            self.sockdir = tempfile.mkdtemp(prefix="sy-al-")
+            sock = os.path.join(self.sockdir, "cp.sock")
+        argv = [exe, "serve", "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
+                "--admin-token", ADMIN_TOKEN, "--socket", sock, "--node-id", node,
+                "--port-file", port_file, "--usage-flush-ms", "200", "--alert-interval-ms", "200",
+                "--webhook-backoff-ms", "200", "--log-level", "debug", *args]
+        if shm:
+            argv += ["--shm", shm]
+        self.process = harness.ManagedProcess(name, argv, os.path.join(workdir, f"{name}.log"),
+                                              env={"SWITCHYARD_MASTER_KEY": MASTER_KEY})
+        self.port = harness.wait_port_file(self.process, port_file, 20)
+
+    def admin(self, method, path, body=None, headers=None):
+        h = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        h.update(headers or {})
+        return self.json(method, "/admin/v1" + path, body, headers=h)
+
+    def ok(self, method, path, body=None, want=200):
+        status, _, obj = self.admin(method, path, body)
+        assert status == want, (method, path, status, obj)
+        return obj
+
+    def metrics(self):
+        status, _, body = self.request("GET", "/metrics")
+        assert status == 200
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self, sig=15):
+        self.process.signal(sig)
+        try:
+            self.process.wait(15)
+        finally:
+            self.process.kill()
+            if self.sockdir:
+                shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+def wait_for(what, pred, timeout=20, interval=0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def provider_and_deployments(cp, names, base_url="http://127.0.0.1:9/v1"):
+    cp.ok("POST", "/providers", {"name": "mock", "kind": "custom", "base_url": base_url,
+                                 "format": "openai", "auth_style": "bearer",
+                                 "api_key": "sk-mock"}, 201)
+    for name, up in names:
+        cp.ok("POST", "/deployments", {"name": name, "provider": "mock", "model": up}, 201)
+
+
+def circuit(db, deployment, reason, node="node-x"):
+    """A circuit transition in the decision log, as the event drain writes it."""
+    db.psql(f"INSERT INTO events (at, node, kind, reason, deployment, text) VALUES "
+            f"(now(), '{node}', 'circuit', '{reason}', '{deployment}', 'test')")
+
+
+def firing(reqs):
+    return [r for r in reqs if r["body"] and r["body"].get("status") == "firing"]
+
+
+def resolved(reqs):
+    return [r for r in reqs if r["body"] and r["body"].get("status") == "resolved"]
+
+
+# ---- validation -----------------------------------------------------------------------------------
+
+def test_rule_and_channel_validation_names_the_field_and_secrets_stay_hidden(
+        build_dir, tmp_path, fresh_db):
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url)
+    try:
+        ch = cp.ok("POST", "/alert-channels", {"name": "ding", "type": "dingtalk",
+                                               "url": "https://oapi.example.com/robot/send?"
+                                                      "access_token=abc",
+                                               "secret": "SECdingtalk-secret-value",
+                                               "headers": {"X-Team": "sre"}}, 201)
+        assert ch["secret_set"] is True and "secret" not in ch
+        cp.ok("POST", "/alert-channels", {"name": "gen", "type": "generic",
+                                          "url": "http://127.0.0.1:9/hook"}, 201)
+        bad = [
+            ("/alert-channels", {"name": "x", "type": "teams", "url": "http://h/"}, "type"),
+            ("/alert-channels", {"name": "x", "type": "slack", "url": "ftp://h/"}, "url"),
+            ("/alert-channels", {"name": "x", "type": "slack", "url": "http://u:p@h/"}, "url"),
+            ("/alert-channels", {"name": "x", "type": "slack", "url": "http://h/",
+                                 "secret": "s"}, "secret"),
+            ("/alert-channels", {"name": "x", "type": "generic", "url": "http://h/",
+                                 "headers": {"Content-Length": "1"}}, "headers.Content-Length"),
+            ("/alert-channels", {"name": "X Y", "type": "generic", "url": "http://h/"}, "name"),
+            ("/alert-channels", {"name": "x", "type": "generic", "url": "http://h/",
+                                 "colour": 1}, "colour"),
+            ("/alert-rules", {"name": "r", "kind": "error_ratio", "threshold": 5}, "kind"),
+            ("/alert-rules", {"name": "r", "kind": "error_rate", "threshold": 150}, "threshold"),
+            ("/alert-rules", {"name": "r", "kind": "error_rate"}, "threshold"),
+            ("/alert-rules", {"name": "r", "kind": "p95_latency", "threshold": -1}, "threshold"),
+            ("/alert-rules", {"name": "r", "kind": "error_rate", "threshold": 5,
+                              "window_minutes": 0}, "window_minutes"),
+            ("/alert-rules", {"name": "r", "kind": "error_rate", "threshold": 5,
+                              "scope": "key"}, "scope"),
+            ("/alert-rules", {"name": "r", "kind": "circuit_open", "scope": "model"}, "scope"),
+            ("/alert-rules", {"name": "r", "kind": "limit_use", "threshold": 80}, "limit"),
+            ("/alert-rules", {"name": "r", "kind": "limit_use", "threshold": 80,
+                              "limit": "rph"}, "limit"),
+            ("/alert-rules", {"name": "r", "kind": "no_traffic", "repeat_minutes": -1},
+             "repeat_minutes"),
+            ("/alert-rules", {"name": "r", "kind": "no_traffic", "channels": ["nope"]},
+             "channels[0]"),
+            ("/alert-rules", {"name": "r", "kind": "no_traffic", "channels": ["gen", "gen"]},
+             "channels[1]"),
+            ("/alert-rules", {"name": "r", "kind": "no_traffic", "channels": "gen"}, "channels"),
+        ]
+        for path, body, param in bad:
+            status, _, obj = cp.admin("POST", path, body)
+            assert status == 400, (body, status, obj)
+            assert obj["error"]["param"] == param, (body, obj)
+            assert param.split("[")[0].split(".")[0] in obj["error"]["message"], obj
+
+        rule = cp.ok("POST", "/alert-rules", {
+            "name": "errors", "kind": "error_rate", "scope": "model", "target": "alpha",
+            "threshold": 5, "window_minutes": 10, "min_requests": 20, "repeat_minutes": 30,
+            "channels": ["ding", "gen"]}, 201)
+        assert rule["channels"] == ["ding", "gen"] and rule["enabled"] is True
+        assert rule["threshold"] == 5 and rule["window_minutes"] == 10
+        # A rule is read back as written, PATCHed member by member, guarded by its ETag.
+        status, headers, got = cp.admin("GET", "/alert-rules/errors")
+        assert status == 200 and got == rule and headers["etag"] == f'"{rule["version"]}"'
+        patched = cp.ok("PATCH", "/alert-rules/errors", {"threshold": 7.5, "channels": ["gen"]})
+        assert patched["threshold"] == 7.5 and patched["channels"] == ["gen"]
+        assert patched["version"] == rule["version"] + 1
+        status, _, obj = cp.admin("PATCH", "/alert-rules/errors", {"threshold": 9},
+                                  headers={"If-Match": f'"{rule["version"]}"'})
+        assert status == 412, obj
+        status, _, obj = cp.admin("POST", "/alert-rules", {"name": "errors", "kind": "no_traffic"})
+        assert status == 409 and obj["error"]["param"] == "name", obj
+        assert cp.admin("GET", "/alert-rules/nope")[0] == 404
+
+        # A channel in use cannot be deleted; its rules are named.
+        status, _, obj = cp.admin("DELETE", "/alert-channels/gen")
+        assert status == 409 and "errors" in obj["error"]["message"], obj
+
+        # The secret never comes back, in any read; PATCH without it keeps it, null clears it.
+        for path in ("/alert-channels/ding", "/alert-channels"):
+            status, _, body = cp.request("GET", "/admin/v1" + path,
+                                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert status == 200 and b"SECdingtalk" not in body and b"secret\":\"" not in body
+        kept = cp.ok("PATCH", "/alert-channels/ding", {"url": "https://oapi.example.com/x"})
+        assert kept["secret_set"] is True and kept["headers"] == {"X-Team": "sre"}
+        row = fresh_db.psql("SELECT encode(secret_enc, 'hex') FROM alert_channels "
+                            "WHERE name = 'ding'")[0][0]
+        assert "SECdingtalk".encode().hex() not in row  # stored sealed
+        cleared = cp.ok("PATCH", "/alert-channels/ding", {"secret": None})
+        assert cleared["secret_set"] is False
+
+        # Read-only resources.
+        assert cp.ok("GET", "/alerts")["data"] == []
+        status, _, obj = cp.admin("GET", "/alerts?state=burning")
+        assert status == 400 and obj["error"]["param"] == "state"
+        assert cp.admin("POST", "/alerts", {})[0] == 405
+        cp.ok("DELETE", "/alert-rules/errors", want=204)
+        cp.ok("DELETE", "/alert-channels/gen", want=204)
+    finally:
+        cp.stop()
+
+
+# ---- shapes and signatures ------------------------------------------------------------------------
+
+def test_five_shapes_with_signatures_fire_and_resolve_once(build_dir, tmp_path, fresh_db,
+                                                           receiver):
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url)
+    try:
+        provider_and_deployments(cp, [("dep-x", "x-up")])
+        secrets = {"ding": "SEC-ding-123", "feishu": "feishu-secret", "gen": "gen-secret"}
+        chans = [("gen", "generic", "/gen"), ("slack", "slack", "/slack"),
+                 ("ding", "dingtalk", "/ding?access_token=tok"), ("feishu", "feishu", "/feishu"),
+                 ("wecom", "wecom", "/wecom")]
+        for name, typ, path in chans:
+            body = {"name": name, "type": typ, "url": receiver.url + path}
+            if name in secrets:
+                body["secret"] = secrets[name]
+            if name == "gen":
+                body["headers"] = {"X-Team": "sre"}
+            cp.ok("POST", "/alert-channels", body, 201)
+        cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                       "target": "dep-x",
+                                       "channels": [c[0] for c in chans]}, 201)
+        circuit(fresh_db, "dep-x", "circuit_consecutive")
+        paths = ["/gen", "/slack", "/ding", "/feishu", "/wecom"]
+        wait_for("a firing notification on every channel",
+                 lambda: all(firing(receiver.on(p)) or (p != "/gen" and receiver.on(p))
+                             for p in paths))
+
+        g = receiver.on("/gen")[0]
+        body = g["body"]
+        assert body["status"] == "firing" and body["rule"] == "breaker"
+        assert body["kind"] == "circuit_open" and body["subject"] == "dep-x"
+        assert body["scope"] == "deployment" and body["value"] == 1
+        assert "since" in body and "circuit open" in body["message"]
+        assert g["headers"]["x-team"] == "sre"
+        assert g["headers"]["content-type"].startswith("application/json")
+        ts = g["headers"]["x-switchyard-timestamp"]
+        want = hmac.new(b"gen-secret", ts.encode() + b"." + g["raw"], hashlib.sha256).hexdigest()
+        assert g["headers"]["x-switchyard-signature"] == "sha256=" + want
+
+        s = receiver.on("/slack")[0]["body"]
+        assert set(s) == {"text"} and "breaker" in s["text"] and "dep-x" in s["text"]
+
+        d = receiver.on("/ding")[0]
+        assert d["body"]["msgtype"] == "markdown"
+        assert d["body"]["markdown"]["title"] == "[FIRING] breaker"
+        assert "dep-x" in d["body"]["markdown"]["text"]
+        assert d["query"]["access_token"] == ["tok"]
+        dts = d["query"]["timestamp"][0]
+        assert abs(int(dts) - time.time() * 1000) < 120000  # milliseconds
+        want = base64.b64encode(hmac.new(b"SEC-ding-123", f"{dts}\nSEC-ding-123".encode(),
+                                         hashlib.sha256).digest()).decode()
+        assert d["query"]["sign"] == [want]
+
+        f = receiver.on("/feishu")[0]["body"]
+        assert f["msg_type"] == "text" and "dep-x" in f["content"]["text"]
+        fts = f["timestamp"]
+        assert abs(int(fts) - time.time()) < 120  # seconds, as a string
+        want = base64.b64encode(hmac.new(f"{fts}\nfeishu-secret".encode(), b"",
+                                         hashlib.sha256).digest()).decode()
+        assert f["sign"] == want
+
+        w = receiver.on("/wecom")[0]["body"]
+        assert w["msgtype"] == "markdown" and "dep-x" in w["markdown"]["content"]
+
+        # The alert is listed as firing, with an `alert` event in the decision log.
+        alerts = cp.ok("GET", "/alerts?state=firing")["data"]
+        assert [(a["rule"], a["subject"], a["state"]) for a in alerts] == \
+            [("breaker", "dep-x", "firing")]
+        ev = cp.ok("GET", "/events?kind=alert&deployment=dep-x")["data"]
+        assert [e["outcome"] for e in ev] == ["firing"] and ev[0]["reason"] == "circuit_open"
+
+        # Closed again: one resolved notification per channel; nothing repeats meanwhile.
+        time.sleep(1)
+        circuit(fresh_db, "dep-x", "circuit_closed")
+        wait_for("a resolved notification on every channel",
+                 lambda: all(len(receiver.on(p)) == 2 for p in paths))
+        assert resolved(receiver.on("/gen"))[0]["body"]["subject"] == "dep-x"
+        assert "RESOLVED" in receiver.on("/ding")[1]["body"]["markdown"]["title"]
+        time.sleep(1.5)  # several evaluations later: still one of each
+        assert all(len(receiver.on(p)) == 2 for p in paths)
+        assert cp.ok("GET", "/alerts?state=resolved")["data"][0]["subject"] == "dep-x"
+        m = cp.metrics()
+        assert m["switchyard_alerts_firing"] == 0
+        assert m["switchyard_alert_deliveries_pending"] == 0
+        assert m["switchyard_alert_webhooks_sent_total"] == 10
+        dl = cp.ok("GET", "/alert-deliveries?state=delivered")["data"]
+        assert len(dl) == 10 and all(x["attempts"] == 1 and x["last_status"] == 200 for x in dl)
+    finally:
+        cp.stop()
+
+
+# ---- retries, giving up, HTTPS ---------------------------------------------------------------------
+
+def test_retries_with_backoff_then_success_and_gives_up_after_the_bound(
+        build_dir, tmp_path, fresh_db, receiver):
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url,
+                      args=["--webhook-max-attempts", "4", "--webhook-timeout-ms", "2000"])
+    try:
+        provider_and_deployments(cp, [("dep-x", "x-up")])
+        cp.ok("POST", "/alert-channels", {"name": "flaky", "type": "generic",
+                                          "url": receiver.url + "/flaky"}, 201)
+        cp.ok("POST", "/alert-channels", {"name": "dead", "type": "generic",
+                                          "url": "http://127.0.0.1:9/nobody"}, 201)
+        cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                       "channels": ["flaky", "dead"]}, 201)
+        receiver.fail = 3
+        circuit(fresh_db, "dep-x", "circuit_error_rate")
+        wait_for("a delivery after three 500s", lambda: receiver.ok("/flaky"))
+        reqs = receiver.on("/flaky")
+        assert [r["failed"] for r in reqs] == [True, True, True, False]
+        assert len({r["raw"] for r in reqs}) == 1  # the same notification, retried
+        gaps = [b["t"] - a["t"] for a, b in zip(reqs, reqs[1:])]
+        # backoff 200 ms doubled each time, jitter -20%: at least 160, 320, 640 ms
+        assert all(g >= 0.16 * 2 ** i for i, g in enumerate(gaps)), gaps
+
+        def dead_failed():
+            d = cp.ok("GET", "/alert-deliveries?channel=dead")["data"]
+            return d if d and d[0]["state"] == "failed" else None
+        d = wait_for("the dead channel's delivery to be given up", dead_failed)[0]
+        assert d["attempts"] == 4 and d["gave_up_at"] and d["last_status"] is None
+        assert "connect" in d["last_error"], d
+        ok = cp.ok("GET", "/alert-deliveries?channel=flaky")["data"][0]
+        assert ok["state"] == "delivered" and ok["attempts"] == 4 and ok["last_status"] == 200
+        wait_for("the failed gauge", lambda: cp.metrics().get(
+            "switchyard_alert_deliveries_failed") == 1)
+    finally:
+        cp.stop()
+
+
+def test_https_webhooks_verify_the_certificate(build_dir, tmp_path, fresh_db, certs):
+    good = Receiver(certs=certs)
+    wrong_host = Receiver(certs=certs, host="127.0.0.2")  # the certificate is not for it
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url,
+                      args=["--webhook-ca-file", certs.ca, "--webhook-max-attempts", "1"])
+    try:
+        provider_and_deployments(cp, [("dep-x", "x-up")])
+        cp.ok("POST", "/alert-channels", {"name": "tls", "type": "slack",
+                                          "url": good.url + "/s"}, 201)
+        cp.ok("POST", "/alert-channels", {"name": "mismatch", "type": "slack",
+                                          "url": wrong_host.url + "/s"}, 201)
+        cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                       "channels": ["tls", "mismatch"]}, 201)
+        circuit(fresh_db, "dep-x", "circuit_consecutive")
+        wait_for("the HTTPS delivery", lambda: good.on("/s"))
+
+        def refused():
+            d = cp.ok("GET", "/alert-deliveries?channel=mismatch")["data"]
+            return d if d and d[0]["state"] == "failed" else None
+        d = wait_for("the mismatched host to be refused", refused)[0]
+        assert "certificate" in d["last_error"] or "TLS" in d["last_error"], d
+        assert wrong_host.on("/s") == []
+    finally:
+        cp.stop()
+        good.close()
+        wrong_host.close()
+
+
+# ---- restart, and two control planes --------------------------------------------------------------
+
+def test_a_pending_delivery_is_sent_after_the_control_plane_is_killed(
+        build_dir, tmp_path, fresh_db, receiver):
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url)
+    provider_and_deployments(cp, [("dep-x", "x-up")])
+    cp.ok("POST", "/alert-channels", {"name": "gen", "type": "generic",
+                                      "url": receiver.url + "/gen"}, 201)
+    cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                   "channels": ["gen"]}, 201)
+    receiver.fail = 1000
+    circuit(fresh_db, "dep-x", "circuit_consecutive")
+    wait_for("two failed attempts", lambda: len(receiver.on("/gen")) >= 2)
+    cp.stop(sig=9)
+    n_before = len(receiver.on("/gen"))
+    rows = fresh_db.psql("SELECT count(*) FROM alert_deliveries WHERE delivered_at IS NULL")
+    assert rows == [["1"]]
+    receiver.fail = 0
+    cp2 = ControlPlane(build_dir, str(tmp_path), fresh_db.url, name="cp2")
+    try:
+        wait_for("the delivery after the restart", lambda: receiver.ok("/gen"), timeout=30)
+        time.sleep(1)
+        assert len(receiver.ok("/gen")) == 1
+        assert receiver.ok("/gen")[0]["body"]["subject"] == "dep-x"
+        assert len(receiver.on("/gen")) > n_before
+        # The state survived too: the restarted evaluator does not notify the same alert again.
+        assert len(firing(receiver.on("/gen"))) == len(receiver.on("/gen"))
+        assert fresh_db.psql("SELECT count(*) FROM alert_deliveries") == [["1"]]
+    finally:
+        cp2.stop()
+
+
+def test_two_control_planes_send_one_notification_per_transition(build_dir, tmp_path, fresh_db,
+                                                                 receiver):
+    a = ControlPlane(build_dir, str(tmp_path), fresh_db.url, name="cp-a", node="node-a",
+                     args=["--alert-interval-ms", "100"])
+    b = ControlPlane(build_dir, str(tmp_path), fresh_db.url, name="cp-b", node="node-b",
+                     args=["--alert-interval-ms", "100"])
+    try:
+        provider_and_deployments(a, [("dep-x", "x-up"), ("dep-y", "y-up")])
+        a.ok("POST", "/alert-channels", {"name": "gen", "type": "generic",
+                                         "url": receiver.url + "/gen"}, 201)
+        b.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                      "channels": ["gen"]}, 201)
+        for round_ in range(3):
+            circuit(fresh_db, "dep-x", "circuit_consecutive", node="n1")
+            circuit(fresh_db, "dep-y", "circuit_retry_after", node="n2")
+            wait_for("two firing notifications",
+                     lambda: len(firing(receiver.on("/gen"))) >= 2 * (round_ + 1))
+            time.sleep(0.5)
+            circuit(fresh_db, "dep-x", "circuit_closed", node="n1")
+            circuit(fresh_db, "dep-y", "circuit_closed", node="n2")
+            wait_for("two resolved notifications",
+                     lambda: len(resolved(receiver.on("/gen"))) >= 2 * (round_ + 1))
+            time.sleep(0.5)
+        time.sleep(1)
+        reqs = receiver.on("/gen")
+        assert len(firing(reqs)) == 6 and len(resolved(reqs)) == 6, [
+            (r["body"]["status"], r["body"]["subject"], r["body"]["node"]) for r in reqs]
+        for subject in ("dep-x", "dep-y"):
+            seq = [r["body"]["status"] for r in reqs if r["body"]["subject"] == subject]
+            assert seq == ["firing", "resolved"] * 3, seq
+        # Both evaluated (under the lock, in turn); the events agree with the webhooks.
+        ev = a.ok("GET", "/events?kind=alert&limit=100")["data"]
+        assert len(ev) == 12
+        ma, mb = a.metrics(), b.metrics()
+        assert ma["switchyard_alert_evaluations_total"] > 0
+        assert mb["switchyard_alert_evaluations_total"] > 0
+        assert ma["switchyard_alert_webhooks_sent_total"] + \
+            mb["switchyard_alert_webhooks_sent_total"] == 12
+    finally:
+        a.stop()
+        b.stop()
+
+
+# ---- real traffic ------------------------------------------------------------------------------------
+
+class DataPlane(harness.HTTPClientMixin):
+    def __init__(self, build_dir, workdir, sock, shm, node):
+        exe = os.path.join(build_dir, "dataplane", "switchyard-dataplane")
+        port_file = os.path.join(workdir, "dp.port")
+        argv = [exe, "--listen", "127.0.0.1:0", "--workers", "1", "--port-file", port_file,
+                "--control-socket", sock, "--node-id", node, "--shm", shm]
+        self.process = harness.ManagedProcess("dp", argv, os.path.join(workdir, "dp.log"))
+        self.port = harness.wait_port_file(self.process, port_file, 10)
+        harness.wait_until_answers(self, "/healthz", 10, 200)
+
+    def chat(self, model, key):
+        body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+        status, _, _ = self.json("POST", CHAT, body, headers={"Authorization": f"Bearer {key}"})
+        return status
+
+
+@pytest.mark.timeout(150)
+def test_traffic_fires_error_rate_circuit_and_no_traffic_then_resolves(
+        build_dir, tmp_path, fresh_db, mock, receiver):
+    sockdir = tempfile.mkdtemp(prefix="sy-al-")
+    sock = os.path.join(sockdir, "cp.sock")
+    shm = f"/dev/shm/sy-alerts-test-{os.getpid()}"
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url, sock=sock, shm=shm, node="node-t")
+    dp = None
+    try:
+        mock.reset()
+        mock.config({"by_model": {"e-up": {"status": 500}, "c-up": {"status": 500}}})
+        provider_and_deployments(cp, [("dep-e", "e-up"), ("dep-c", "c-up"),
+                                      ("dep-idle", "i-up")], base_url=mock.url)
+        no_retry = {"retry": {"attempts": 1}}
+        cp.ok("POST", "/models", {"name": "m-e", "targets": [{"deployment": "dep-e"}],
+                                  "policy": dict(no_retry, circuit={"consecutive": 1000,
+                                                                    "min_requests": 1000})}, 201)
+        cp.ok("POST", "/models", {"name": "m-c", "targets": [{"deployment": "dep-c"}],
+                                  "policy": dict(no_retry, circuit={"consecutive": 3,
+                                                                    "cooldown_ms": 600000})},
+              201)
+        key = cp.ok("POST", "/keys", {"name": "k"}, 201)["key"]
+        # dep-idle has existed for longer than the no_traffic window (a new deployment is not
+        # silent, only new): backdate it without the touch trigger, which keeps created_at.
+        fresh_db.psql("ALTER TABLE deployments DISABLE TRIGGER deployments_touch;"
+                      "UPDATE deployments SET created_at = now() - interval '10 minutes'"
+                      " WHERE name = 'dep-idle';"
+                      "ALTER TABLE deployments ENABLE TRIGGER deployments_touch")
+        cp.ok("POST", "/alert-channels", {"name": "gen", "type": "generic",
+                                          "url": receiver.url + "/gen"}, 201)
+        cp.ok("POST", "/alert-rules", {"name": "errors", "kind": "error_rate",
+                                       "target": "dep-e", "threshold": 50, "window_minutes": 1,
+                                       "min_requests": 3, "channels": ["gen"]}, 201)
+        cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                       "target": "dep-c", "channels": ["gen"]}, 201)
+        cp.ok("POST", "/alert-rules", {"name": "silence", "kind": "no_traffic",
+                                       "scope": "deployment", "window_minutes": 1,
+                                       "channels": ["gen"]}, 201)
+        dp = DataPlane(build_dir, str(tmp_path), sock, shm, "node-t")
+
+        def about(rule, subject, status):
+            return [r for r in receiver.on("/gen") if r["body"]["rule"] == rule and
+                    r["body"]["subject"] == subject and r["body"]["status"] == status]
+
+        # The only silent deployment is the old one with no traffic.
+        wait_for("no_traffic on dep-idle", lambda: about("silence", "dep-idle", "firing"))
+        assert not about("silence", "dep-e", "firing") and not about("silence", "dep-c", "firing")
+
+        for _ in range(4):
+            assert dp.chat("m-e", key) >= 500
+        got = wait_for("error_rate firing", lambda: about("errors", "dep-e", "firing"))[0]["body"]
+        assert got["kind"] == "error_rate" and got["value"] == 100 and got["threshold"] == 50
+
+        for _ in range(3):
+            assert dp.chat("m-c", key) >= 500
+        got = wait_for("circuit_open firing", lambda: about("breaker", "dep-c", "firing"))
+        assert got[0]["body"]["value"] == 1
+
+        # Recovery: 20 successes take dep-e's error rate to 4 in 24 (17%): resolved.
+        mock.config({"by_model": {"c-up": {"status": 500}}})
+        for _ in range(20):
+            assert dp.chat("m-e", key) == 200
+        got = wait_for("error_rate resolved", lambda: about("errors", "dep-e", "resolved"))
+        assert got[0]["body"]["value"] < 50
+        time.sleep(1)
+        assert len(about("errors", "dep-e", "firing")) == 1  # deduplicated
+        assert len(about("breaker", "dep-c", "firing")) == 1
+        assert len(about("silence", "dep-idle", "firing")) == 1
+
+        firing_now = cp.ok("GET", "/alerts?state=firing")["data"]
+        assert sorted((a["rule"], a["subject"]) for a in firing_now) == \
+            [("breaker", "dep-c"), ("silence", "dep-idle")]
+        res = cp.ok("GET", "/alerts?state=resolved&rule=errors")["data"]
+        assert len(res) == 1 and res[0]["subject"] == "dep-e" and res[0]["fired_at"]
+        wait_for("the firing gauge", lambda: cp.metrics().get("switchyard_alerts_firing") == 2)
+    finally:
+        if dp:
+            dp.process.kill()
+        cp.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+        if os.path.exists(shm):
+            os.unlink(shm)
