@@ -522,6 +522,91 @@ def test_two_control_planes_send_one_notification_per_transition(build_dir, tmp_
         b.stop()
 
 
+# ---- what rules measure ------------------------------------------------------------------------
+
+def usage_row(db, node, kind, name, requests, errors=0, bucket=None, tokens=0):
+    """A rollup of the current minute, as usage_flush() writes it; <bucket> (0-based, hist.h)
+    holds every request's latency."""
+    hist = "NULL" if bucket is None else (
+        f"(SELECT array_agg(CASE WHEN i = {bucket + 1} THEN {requests} ELSE 0 END ORDER BY i)"
+        f" FROM generate_series(1, 40) i)")
+    db.psql(f"INSERT INTO usage_minute (minute, node, kind, name, requests, successes, errors,"
+            f" prompt_tokens, latency_count, latency_buckets) VALUES (date_trunc('minute', now()),"
+            f" '{node}', '{kind}', '{name}', {requests}, {requests - errors}, {errors}, {tokens},"
+            f" {requests if bucket is not None else 0}, {hist})")
+
+
+def test_rules_measure_the_rollups_wait_for_minutes_and_repeat(build_dir, tmp_path, fresh_db,
+                                                               receiver):
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url)
+    try:
+        provider_and_deployments(cp, [("dep-a", "a-up"), ("dep-b", "b-up")])
+        cp.ok("PATCH", "/deployments/dep-a", {"limits": {"rpm": 10, "tpm": 1000}})
+        cp.ok("POST", "/alert-channels", {"name": "gen", "type": "generic",
+                                          "url": receiver.url + "/gen"}, 201)
+        for rule in (
+                {"name": "slow", "kind": "p95_latency", "threshold": 100, "min_requests": 5},
+                {"name": "busy", "kind": "limit_use", "limit": "rpm", "threshold": 80},
+                {"name": "tokens", "kind": "limit_use", "limit": "tpm", "threshold": 80},
+                {"name": "model-errors", "kind": "error_rate", "scope": "model",
+                 "target": "alpha", "threshold": 10, "min_requests": 10, "for_minutes": 5},
+                {"name": "spend", "kind": "budget_use", "threshold": 90},
+                {"name": "again", "kind": "circuit_open", "target": "dep-b",
+                 "repeat_minutes": 1}):
+            cp.ok("POST", "/alert-rules", dict(rule, channels=["gen"]), 201)
+        # dep-a: 9 + 3 requests on two nodes, all within (1024, 1536] ms; dep-b: fast.
+        usage_row(fresh_db, "n1", "deployment", "dep-a", 9, bucket=20, tokens=500)
+        usage_row(fresh_db, "n2", "deployment", "dep-a", 3, bucket=20, tokens=100)
+        usage_row(fresh_db, "n1", "deployment", "dep-b", 10, bucket=3)
+        usage_row(fresh_db, "n1", "model", "alpha", 20, errors=5)
+        # The budgets migration replaces this function; its contract is these columns.
+        fresh_db.psql("CREATE OR REPLACE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
+                      " subject text, percent double precision) LANGUAGE sql STABLE AS $$"
+                      " SELECT 'team-a', 'agent x', 95.0::double precision"
+                      " UNION ALL SELECT 'team-b', '', 10.0::double precision $$")
+        circuit(fresh_db, "dep-b", "circuit_consecutive")
+
+        def got(rule):
+            return [r["body"] for r in receiver.on("/gen") if r["body"]["rule"] == rule]
+        wait_for("four rules firing",
+                 lambda: all(got(r) for r in ("slow", "busy", "spend", "again")))
+        time.sleep(0.6)
+        slow = got("slow")
+        assert [(b["subject"], b["value"]) for b in slow] == [("dep-a", 1536)]  # dep-b: 4 ms
+        busy = got("busy")
+        assert [(b["subject"], b["value"]) for b in busy] == [("dep-a", 120)]  # both nodes
+        assert got("tokens") == []  # 600 of 1000 tokens: 60%
+        assert [(b["subject"], b["value"]) for b in got("spend")] == [("team-a (agent x)", 95)]
+        assert got("model-errors") == []
+        pending = cp.ok("GET", "/alerts?state=pending")["data"]
+        assert [(a["rule"], a["subject"], a["value"]) for a in pending] == \
+            [("model-errors", "alpha", 25)]
+
+        # for_minutes: breaching for 5 minutes (backdated) fires.
+        fresh_db.psql("UPDATE alert_states SET started_at = started_at - interval '6 minutes'"
+                      " WHERE state = 'pending'")
+        wait_for("model-errors firing", lambda: got("model-errors"))
+        assert got("model-errors")[0]["subject"] == "alpha"
+
+        # repeat_minutes: a still-firing alert notifies again once the interval has passed.
+        assert len(got("again")) == 1
+        fresh_db.psql("UPDATE alert_states SET notified_at = now() - interval '2 minutes'"
+                      " WHERE subject = 'dep-b'")
+        wait_for("a repeated notification", lambda: len(got("again")) == 2)
+        time.sleep(0.6)
+        again = got("again")
+        assert len(again) == 2 and again[1]["repeat"] is True and again[1]["status"] == "firing"
+
+        # Disabling a rule ends its alerts without a notification.
+        cp.ok("PATCH", "/alert-rules/busy", {"enabled": False})
+        wait_for("busy resolved", lambda: cp.ok("GET", "/alerts?rule=busy")["data"][0]["state"]
+                 == "resolved")
+        time.sleep(0.6)
+        assert len(got("busy")) == 1
+    finally:
+        cp.stop()
+
+
 # ---- real traffic ------------------------------------------------------------------------------------
 
 class DataPlane(harness.HTTPClientMixin):
