@@ -92,7 +92,8 @@ static void on_evaluated(struct cp_db *db, void *ud, const PGresult *res, const 
     a->pending--;
     a->evaluating = false;
     if (err) {
-        note_error(a, "alert evaluation", err);
+        if (!a->stopping) /* the db closing at stop fails the query in flight */
+            note_error(a, "alert evaluation", err);
     } else {
         if (a->last_error) {
             sy_log(SY_LOG_INFO, "alerts", "alert evaluation works again");
