@@ -58,6 +58,8 @@ static const char usage_text[] =
     "  --webhook-backoff-ms MS   SWITCHYARD_WEBHOOK_BACKOFF_MS: first retry delay, doubled\n"
     "                            after each failure, with jitter (2000)\n"
     "  --webhook-concurrency N   SWITCHYARD_WEBHOOK_CONCURRENCY: sends at once (4)\n"
+    "  --heartbeat-ms MS         SWITCHYARD_HEARTBEAT_MS: node heartbeat period (5000); a node\n"
+    "                            not heard from for 3 periods no longer shares the limits\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -122,6 +124,7 @@ enum {
     OPT_WEBHOOK_ATTEMPTS,
     OPT_WEBHOOK_BACKOFF,
     OPT_WEBHOOK_CONCURRENCY,
+    OPT_HEARTBEAT,
     OPT_LONG_MAX,
 };
 
@@ -169,6 +172,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *wh_backoff = env_dup("SWITCHYARD_WEBHOOK_BACKOFF_MS");
     char *wh_conc = env_dup("SWITCHYARD_WEBHOOK_CONCURRENCY");
     c->webhook_ca_file = env_dup("SWITCHYARD_WEBHOOK_CA_FILE");
+    char *heartbeat_ms = env_dup("SWITCHYARD_HEARTBEAT_MS");
 
     static const struct option opts[] = {
         {"database-url", required_argument, NULL, 'd'},
@@ -193,6 +197,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"webhook-max-attempts", required_argument, NULL, OPT_WEBHOOK_ATTEMPTS},
         {"webhook-backoff-ms", required_argument, NULL, OPT_WEBHOOK_BACKOFF},
         {"webhook-concurrency", required_argument, NULL, OPT_WEBHOOK_CONCURRENCY},
+        {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -223,6 +228,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_WEBHOOK_ATTEMPTS: set(&wh_attempts, optarg); break;
         case OPT_WEBHOOK_BACKOFF: set(&wh_backoff, optarg); break;
         case OPT_WEBHOOK_CONCURRENCY: set(&wh_conc, optarg); break;
+        case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
@@ -261,6 +267,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         (rc = int_setting(wh_backoff, "--webhook-backoff-ms", 10, 3600000, 2000,
                           &c->webhook_backoff_ms, err)) < 0 ||
         (rc = int_setting(wh_conc, "--webhook-concurrency", 1, 64, 4, &c->webhook_concurrency,
+                          err)) < 0 ||
+        (rc = int_setting(heartbeat_ms, "--heartbeat-ms", 100, 60000, 5000, &c->heartbeat_ms,
                           err)) < 0)
         goto out;
     if (!c->database_url) {
@@ -303,6 +311,7 @@ out:
     free(wh_attempts);
     free(wh_backoff);
     free(wh_conc);
+    free(heartbeat_ms);
     free(metrics_file);
     if (rc != 0) {
         config_free(c);

@@ -37,6 +37,7 @@ struct cp_config {
     int webhook_max_attempts;  /* SWITCHYARD_WEBHOOK_MAX_ATTEMPTS, --webhook-max-attempts (8) */
     int webhook_backoff_ms;    /* SWITCHYARD_WEBHOOK_BACKOFF_MS, --webhook-backoff-ms (2000) */
     int webhook_concurrency;   /* SWITCHYARD_WEBHOOK_CONCURRENCY, --webhook-concurrency (4) */
+    int heartbeat_ms;          /* SWITCHYARD_HEARTBEAT_MS, --heartbeat-ms (5000) */
 };
 
 enum cp_role {
