@@ -492,6 +492,9 @@ BEGIN
     WHERE x.id = st.rule_id AND NOT x.enabled AND st.state = 'pending';
 
     FOR r IN SELECT * FROM alert_rules WHERE enabled ORDER BY id LOOP
+      -- One rule that fails (a budget function raising, say) must not silence the others: each
+      -- rule runs in a subtransaction, and its failure is a warning in the server's log.
+      BEGIN
         seen := '{}';
         FOR m IN SELECT * FROM alert_measure(r) LOOP
             SELECT * INTO s FROM alert_states WHERE rule_id = r.id AND subject = m.subject;
@@ -546,6 +549,9 @@ BEGIN
             PERFORM alert_notify(r, s, 'resolved', false, p_node);
             n := n + 1;
         END LOOP;
+      EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'alert rule "%" cannot be evaluated: %', r.name, SQLERRM;
+      END;
     END LOOP;
     RETURN n;
 END

@@ -308,6 +308,12 @@ def test_five_shapes_with_signatures_fire_and_resolve_once(build_dir, tmp_path, 
             if name == "gen":
                 body["headers"] = {"X-Team": "sre"}
             cp.ok("POST", "/alert-channels", body, 201)
+        # A rule that cannot be evaluated (evaluated first) does not silence the others.
+        fresh_db.psql("CREATE OR REPLACE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
+                      " subject text, percent double precision) LANGUAGE sql STABLE AS $$"
+                      " SELECT 'b', 's', (1 / 0)::double precision $$")
+        cp.ok("POST", "/alert-rules", {"name": "broken", "kind": "budget_use", "threshold": 1,
+                                       "channels": ["gen"]}, 201)
         cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
                                        "target": "dep-x",
                                        "channels": [c[0] for c in chans]}, 201)
