@@ -150,13 +150,19 @@ class ControlPlane(harness.HTTPClientMixin):
         return out
 
     def stop(self, sig=15):
+        """Stop with <sig>; after SIGTERM the exit must be clean (under the sanitizers: no leak,
+        no error report)."""
         self.process.signal(sig)
         try:
-            self.process.wait(15)
+            rc = self.process.wait(15)
         finally:
             self.process.kill()
             if self.sockdir:
                 shutil.rmtree(self.sockdir, ignore_errors=True)
+        if sig == 15:
+            log = self.process.log()
+            assert rc == 0 and "Sanitizer" not in log and "runtime error" not in log, \
+                f"{self.process.name} exited with {rc}\n{self.process.tail()}"
 
 
 def wait_for(what, pred, timeout=20, interval=0.1):
@@ -530,16 +536,16 @@ def test_two_control_planes_send_one_notification_per_transition(build_dir, tmp_
 
 # ---- what rules measure ------------------------------------------------------------------------
 
-def usage_row(db, node, kind, name, requests, errors=0, bucket=None, tokens=0):
-    """A rollup of the current minute, as usage_flush() writes it; <bucket> (0-based, hist.h)
-    holds every request's latency."""
+def usage_row(node, kind, name, requests, errors=0, bucket=None, tokens=0):
+    """SQL for a rollup of the current minute, as usage_flush() writes it; <bucket> (0-based,
+    hist.h) holds every request's latency."""
     hist = "NULL" if bucket is None else (
         f"(SELECT array_agg(CASE WHEN i = {bucket + 1} THEN {requests} ELSE 0 END ORDER BY i)"
         f" FROM generate_series(1, 40) i)")
-    db.psql(f"INSERT INTO usage_minute (minute, node, kind, name, requests, successes, errors,"
+    return (f"INSERT INTO usage_minute (minute, node, kind, name, requests, successes, errors,"
             f" prompt_tokens, latency_count, latency_buckets) VALUES (date_trunc('minute', now()),"
             f" '{node}', '{kind}', '{name}', {requests}, {requests - errors}, {errors}, {tokens},"
-            f" {requests if bucket is not None else 0}, {hist})")
+            f" {requests if bucket is not None else 0}, {hist});")
 
 
 def test_rules_measure_the_rollups_wait_for_minutes_and_repeat(build_dir, tmp_path, fresh_db,
@@ -550,6 +556,18 @@ def test_rules_measure_the_rollups_wait_for_minutes_and_repeat(build_dir, tmp_pa
         cp.ok("PATCH", "/deployments/dep-a", {"limits": {"rpm": 10, "tpm": 1000}})
         cp.ok("POST", "/alert-channels", {"name": "gen", "type": "generic",
                                           "url": receiver.url + "/gen"}, 201)
+        # dep-a: 9 + 3 requests on two nodes, all within (1024, 1536] ms; dep-b: fast. In one
+        # transaction, before the rules: every evaluation sees all of it.
+        fresh_db.psql(usage_row("n1", "deployment", "dep-a", 9, bucket=20, tokens=500) +
+                      usage_row("n2", "deployment", "dep-a", 3, bucket=20, tokens=100) +
+                      usage_row("n1", "deployment", "dep-b", 10, bucket=3) +
+                      usage_row("n1", "model", "alpha", 20, errors=5))
+        # The budgets migration replaces this function; its contract is these columns.
+        fresh_db.psql("CREATE OR REPLACE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
+                      " subject text, percent double precision) LANGUAGE sql STABLE AS $$"
+                      " SELECT 'team-a', 'agent x', 95.0::double precision"
+                      " UNION ALL SELECT 'team-b', '', 10.0::double precision $$")
+        circuit(fresh_db, "dep-b", "circuit_consecutive")
         for rule in (
                 {"name": "slow", "kind": "p95_latency", "threshold": 100, "min_requests": 5},
                 {"name": "busy", "kind": "limit_use", "limit": "rpm", "threshold": 80},
@@ -560,17 +578,6 @@ def test_rules_measure_the_rollups_wait_for_minutes_and_repeat(build_dir, tmp_pa
                 {"name": "again", "kind": "circuit_open", "target": "dep-b",
                  "repeat_minutes": 1}):
             cp.ok("POST", "/alert-rules", dict(rule, channels=["gen"]), 201)
-        # dep-a: 9 + 3 requests on two nodes, all within (1024, 1536] ms; dep-b: fast.
-        usage_row(fresh_db, "n1", "deployment", "dep-a", 9, bucket=20, tokens=500)
-        usage_row(fresh_db, "n2", "deployment", "dep-a", 3, bucket=20, tokens=100)
-        usage_row(fresh_db, "n1", "deployment", "dep-b", 10, bucket=3)
-        usage_row(fresh_db, "n1", "model", "alpha", 20, errors=5)
-        # The budgets migration replaces this function; its contract is these columns.
-        fresh_db.psql("CREATE OR REPLACE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
-                      " subject text, percent double precision) LANGUAGE sql STABLE AS $$"
-                      " SELECT 'team-a', 'agent x', 95.0::double precision"
-                      " UNION ALL SELECT 'team-b', '', 10.0::double precision $$")
-        circuit(fresh_db, "dep-b", "circuit_consecutive")
 
         def got(rule):
             return [r["body"] for r in receiver.on("/gen") if r["body"]["rule"] == rule]
