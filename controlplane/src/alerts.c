@@ -186,8 +186,17 @@ static void on_sent(struct cp_webhook_req *req, void *ud, int status, const char
         a->stats.send_failures++;
         sy_log(SY_LOG_WARN, "alerts", "delivery %s failed (attempt %d of %d): %s; giving up",
                dv->id, dv->attempts, cfg->webhook_max_attempts, error);
-        sql = "UPDATE alert_deliveries SET gave_up_at = now(), last_status = $2::int,"
-              " last_error = $3, claimed_by = NULL, claimed_until = NULL WHERE id = $1::bigint";
+        /* and in the decision log, where an operator looks for what went wrong */
+        sql = "WITH u AS (UPDATE alert_deliveries d SET gave_up_at = now(),"
+              "  last_status = $2::int, last_error = $3, claimed_by = NULL, claimed_until = NULL"
+              "  WHERE d.id = $1::bigint RETURNING d.*)"
+              " INSERT INTO events (at, node, kind, outcome, reason, text)"
+              " SELECT now(), $4, 'alert', 'undelivered', 'webhook',"
+              "  format('%s notification of rule %s about %s to channel %s given up after %s"
+              "  attempts: %s', u.status, u.rule, u.subject, ch.name, u.attempts, $3)"
+              " FROM u JOIN alert_channels ch ON ch.id = u.channel_id";
+        p[3] = cfg->node_id;
+        n = 4;
     } else {
         a->stats.send_failures++;
         int64_t ms = backoff_ms(cfg->webhook_backoff_ms, dv->attempts);

@@ -468,26 +468,42 @@ static bool send_all(struct cp_webhook_req *r, int fd, SSL *ssl, const char *p, 
     return true;
 }
 
-/* Read the answer until it is complete (Content-Length), the peer closes, or MAX_RESPONSE. */
+/* True when <in> holds a whole response head. */
+static bool head_complete(const struct sy_buf *in)
+{
+    return in->len && strstr(in->data, "\r\n\r\n") != NULL;
+}
+
+/* True when <in> holds a whole response: its head and the body its Content-Length announces,
+ * or the last chunk of a chunked body. */
+static bool answer_complete(const struct sy_buf *in)
+{
+    const char *end = in->len ? strstr(in->data, "\r\n\r\n") : NULL;
+    if (!end)
+        return false;
+    size_t head = (size_t)(end + 4 - in->data);
+    const char *cl = strcasestr(in->data, "\r\ncontent-length:");
+    if (cl && cl < end)
+        return in->len >= head + strtoull(cl + 17, NULL, 10);
+    const char *te = strcasestr(in->data, "\r\ntransfer-encoding:");
+    if (te && te < end && strcasestr(te, "chunked") && strcasestr(te, "chunked") < end)
+        return (in->len == head + 5 && memcmp(in->data + head, "0\r\n\r\n", 5) == 0) ||
+               (in->len >= head + 7 && memcmp(in->data + in->len - 7, "\r\n0\r\n\r\n", 7) == 0);
+    return false; /* until the peer closes (we sent Connection: close) */
+}
+
+/* Read the answer until it is complete, the peer closes, or MAX_RESPONSE. A peer that sent a
+ * whole head but neither ends its body nor closes has still answered: its status stands. */
 static bool read_answer(struct cp_webhook_req *r, int fd, SSL *ssl, struct sy_buf *in,
                         int64_t deadline)
 {
     char chunk[4096];
     for (;;) {
-        if (in->len) {
-            const char *end = strstr(in->data, "\r\n\r\n");
-            if (end) {
-                const char *cl = strcasestr(in->data, "\r\ncontent-length:");
-                if (cl && cl < end) {
-                    size_t want = strtoull(cl + 17, NULL, 10);
-                    if (in->len >= (size_t)(end + 4 - in->data) + want)
-                        return true;
-                }
-            }
-        }
-        if (in->len >= MAX_RESPONSE)
+        if (answer_complete(in) || in->len >= MAX_RESPONSE)
             return true;
         if (!arm(fd, deadline)) {
+            if (head_complete(in))
+                return true;
             set_error(r, "timed out after %d ms waiting for the answer", r->total_ms);
             return false;
         }
@@ -509,8 +525,8 @@ static bool read_answer(struct cp_webhook_req *r, int fd, SSL *ssl, struct sy_bu
         if (n == 0)
             return true;
         if (n < 0) {
-            if (in->len && strstr(in->data, "\r\n\r\n") && errno != EAGAIN)
-                return true; /* a close without close_notify after a whole head */
+            if (head_complete(in))
+                return true; /* a close without close_notify, or a body that never ends */
             set_error(r, "%s while reading the answer",
                       errno == EAGAIN || errno == EWOULDBLOCK ? "timed out" : strerror(errno));
             return false;

@@ -53,7 +53,7 @@ class Receiver:
                 raw = self.rfile.read(n)
                 url = urllib.parse.urlsplit(self.path)
                 with outer.lock:
-                    failing = outer.fail > 0
+                    failing = outer.fail > 0 and url.path != "/hang"
                     if failing:
                         outer.fail -= 1
                     try:
@@ -64,6 +64,15 @@ class Receiver:
                         "path": url.path, "query": urllib.parse.parse_qs(url.query),
                         "headers": {k.lower(): v for k, v in self.headers.items()},
                         "body": body, "raw": raw, "t": time.monotonic(), "failed": failing})
+                if url.path == "/hang":  # a whole head, then a body that never ends
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"ok":')
+                    self.wfile.flush()
+                    time.sleep(5)
+                    self.close_connection = True
+                    return
                 out = b'{"error":"told to fail"}' if failing else outer.answer
                 self.send_response(500 if failing else 200)
                 self.send_header("Content-Type", "application/json")
@@ -405,8 +414,10 @@ def test_retries_with_backoff_then_success_and_gives_up_after_the_bound(
                                           "url": receiver.url + "/flaky"}, 201)
         cp.ok("POST", "/alert-channels", {"name": "dead", "type": "generic",
                                           "url": "http://127.0.0.1:9/nobody"}, 201)
+        cp.ok("POST", "/alert-channels", {"name": "hang", "type": "generic",
+                                          "url": receiver.url + "/hang"}, 201)
         cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
-                                       "channels": ["flaky", "dead"]}, 201)
+                                       "channels": ["flaky", "dead", "hang"]}, 201)
         receiver.fail = 3
         circuit(fresh_db, "dep-x", "circuit_error_rate")
         wait_for("a delivery after three 500s", lambda: receiver.ok("/flaky"))
@@ -423,8 +434,17 @@ def test_retries_with_backoff_then_success_and_gives_up_after_the_bound(
         d = wait_for("the dead channel's delivery to be given up", dead_failed)[0]
         assert d["attempts"] == 4 and d["gave_up_at"] and d["last_status"] is None
         assert "connect" in d["last_error"], d
+        ev = cp.ok("GET", "/events?kind=alert")["data"]
+        undelivered = [e for e in ev if e["outcome"] == "undelivered"]
+        assert len(undelivered) == 1 and "dead" in undelivered[0]["text"], ev
         ok = cp.ok("GET", "/alert-deliveries?channel=flaky")["data"][0]
         assert ok["state"] == "delivered" and ok["attempts"] == 4 and ok["last_status"] == 200
+        # A receiver that answered 200 but never finished its body got the notification once.
+        hang = wait_for("the hanging receiver's delivery", lambda: [
+            x for x in cp.ok("GET", "/alert-deliveries?channel=hang")["data"]
+            if x["state"] == "delivered"])
+        assert hang[0]["attempts"] == 1 and hang[0]["last_status"] == 200
+        assert len(receiver.on("/hang")) == 1
         wait_for("the failed gauge", lambda: cp.metrics().get(
             "switchyard_alert_deliveries_failed") == 1)
     finally:
