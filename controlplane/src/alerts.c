@@ -35,7 +35,8 @@ struct cp_alerts {
     unsigned inflight; /* deliveries claimed and not yet recorded */
     bool evaluating, claiming, stopping, poll_again;
     struct cp_alerts_stats stats;
-    char *last_error; /* of the last evaluation, to log a change once */
+    char *last_error;         /* of the last evaluation, to log a change once */
+    struct delivery *sending; /* deliveries on the pool, to abort at stop */
 };
 
 /* One claimed delivery, from its claim to the record of its outcome. */
@@ -43,6 +44,8 @@ struct delivery {
     struct cp_alerts *a;
     char id[24];
     int attempts;
+    struct cp_webhook_req *req; /* while on the pool */
+    struct delivery *prev, *next;
 };
 
 static void maybe_free(struct cp_alerts *a)
@@ -170,6 +173,14 @@ static void on_sent(struct cp_webhook_req *req, void *ud, int status, const char
     struct cp_alerts *a = dv->a;
     struct cp_config *cfg = &a->cp->cfg;
     a->inflight--;
+    if (dv->req) {
+        if (dv->prev)
+            dv->prev->next = dv->next;
+        else
+            a->sending = dv->next;
+        if (dv->next)
+            dv->next->prev = dv->prev;
+    }
     char id[24], st[24], wait[24];
     snprintf(id, sizeof(id), "%s", dv->id); /* dv is freed before the query is sent */
     snprintf(st, sizeof(st), "%d", status);
@@ -193,7 +204,7 @@ static void on_sent(struct cp_webhook_req *req, void *ud, int status, const char
               " INSERT INTO events (at, node, kind, outcome, reason, text)"
               " SELECT now(), $4, 'alert', 'undelivered', 'webhook',"
               "  format('%s notification of rule %s about %s to channel %s given up after %s"
-              "  attempts: %s', u.status, u.rule, u.subject, ch.name, u.attempts, $3)"
+              " attempts: %s', u.status, u.rule, u.subject, ch.name, u.attempts, $3)"
               " FROM u JOIN alert_channels ch ON ch.id = u.channel_id";
         p[3] = cfg->node_id;
         n = 4;
@@ -259,6 +270,13 @@ static void start_send(struct cp_alerts *a, const PGresult *res, int i)
     json_decref(alert);
     json_decref(headers);
     int total = cp->cfg.webhook_timeout_ms;
+    if (req) {
+        dv->req = req; /* listed before the send: its callback unlists it */
+        dv->next = a->sending;
+        if (a->sending)
+            a->sending->prev = dv;
+        a->sending = dv;
+    }
     if (!req || cp__webhook_send(&cp->loop, req, a->ssl, SY_MIN(CONNECT_MAX_MS, total), total,
                                  on_sent, dv) < 0) {
         char msg[300];
@@ -380,6 +398,10 @@ void cp__alerts_stop(struct cp_server *cp)
         return;
     cp->alerts = NULL;
     a->stopping = true;
+    /* A webhook that hangs must not hold the stop for its whole timeout; its claim is
+     * released by the next start. */
+    for (struct delivery *dv = a->sending; dv; dv = dv->next)
+        cp__webhook_abort(dv->req);
     uv_close((uv_handle_t *)&a->eval_timer, on_closed);
     uv_close((uv_handle_t *)&a->poll_timer, on_closed);
 }

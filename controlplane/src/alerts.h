@@ -26,9 +26,9 @@ struct cp_server;
  * --webhook-ca-file. */
 int cp__alerts_start(struct cp_server *cp, char **err);
 
-/** Stop the timers; sends in flight finish on their threads, their outcome is not recorded
- * (their claims are released by the next start). Freed once everything has closed: run the
- * loop afterwards. Safe to call twice or without a start. */
+/** Stop the timers and abort the sends in flight (cp__webhook_abort); their outcome is not
+ * recorded, and their claims are released by the next start. Freed once everything has
+ * closed: run the loop afterwards. Safe to call twice or without a start. */
 void cp__alerts_stop(struct cp_server *cp);
 
 /** What /metrics shows, as of the last evaluation: alerts firing, deliveries pending and given

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,10 @@ struct cp_webhook_req {
     /* result */
     int status;
     char error[MAX_ERROR_LEN];
+    /* cp__webhook_abort() from the loop while the send runs on its thread */
+    pthread_mutex_t lock;
+    int fd; /* the connected socket, -1 when none */
+    bool aborted;
 };
 
 /* ============================================================================================
@@ -248,6 +253,8 @@ struct cp_webhook_req *cp__webhook_build(const char *type, const char *url, json
                                          char **err)
 {
     struct cp_webhook_req *r = sy_xcalloc(1, sizeof(*r));
+    pthread_mutex_init(&r->lock, NULL);
+    r->fd = -1;
     const char *why = NULL;
     json_t *body = NULL;
     char sig[64];
@@ -359,6 +366,7 @@ void cp__webhook_free(struct cp_webhook_req *req)
     free(req->url.target);
     free(req->body);
     sy_buf_free(&req->headers);
+    pthread_mutex_destroy(&req->lock);
     free(req);
 }
 
@@ -580,6 +588,15 @@ static void work_cb(uv_work_t *w)
     int fd = dial(r, deadline);
     if (fd < 0)
         goto done;
+    pthread_mutex_lock(&r->lock);
+    bool aborted = r->aborted;
+    if (!aborted)
+        r->fd = fd; /* from now on an abort shuts it down, which ends any blocking call */
+    pthread_mutex_unlock(&r->lock);
+    if (aborted) {
+        set_error(r, "stopped before sending");
+        goto done;
+    }
     if (r->url.tls) {
         ssl = SSL_new(r->ssl);
         if (!ssl || SSL_set_fd(ssl, fd) != 1) {
@@ -638,10 +655,28 @@ done:
         SSL_shutdown(ssl);
         SSL_free(ssl);
     }
-    if (fd >= 0)
+    if (fd >= 0) {
+        pthread_mutex_lock(&r->lock);
+        r->fd = -1;
+        aborted = r->aborted;
+        pthread_mutex_unlock(&r->lock);
         close(fd);
+        if (aborted && !r->error[0])
+            set_error(r, "stopped while sending");
+    }
     sy_buf_free(&out);
     sy_buf_free(&in);
+}
+
+void cp__webhook_abort(struct cp_webhook_req *req)
+{
+    if (uv_cancel((uv_req_t *)&req->work) == 0)
+        return; /* not started: after_work_cb reports UV_ECANCELED */
+    pthread_mutex_lock(&req->lock);
+    req->aborted = true;
+    if (req->fd >= 0)
+        shutdown(req->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&req->lock);
 }
 
 static void after_work_cb(uv_work_t *w, int status)

@@ -77,6 +77,11 @@ void cp__webhook_free(struct cp_webhook_req *req);
 int cp__webhook_send(uv_loop_t *loop, struct cp_webhook_req *req, struct ssl_ctx_st *ssl,
                      int connect_ms, int total_ms, cp_webhook_done_cb cb, void *ud);
 
+/** Stop <req> (borrowed; a send whose callback has not run yet) as soon as possible: a send not
+ * started is cancelled, one connected has its socket shut down, which ends its blocking calls.
+ * Its callback still runs, with an error. For a stop of the control plane. */
+void cp__webhook_abort(struct cp_webhook_req *req);
+
 /** A TLS client context that verifies peers against the system store and <ca_file>
  * (borrowed, NULL: none). NULL with *<err> on failure. */
 struct ssl_ctx_st *cp__webhook_ssl_new(const char *ca_file, char **err);
