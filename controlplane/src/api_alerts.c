@@ -573,6 +573,28 @@ static bool enum_param(struct cp_call *c, const char *name, const char *const *c
     return false;
 }
 
+/* The id in the URL: a positive decimal number, or NULL (the item cannot exist). */
+static const char *item_id(struct cp_call *c)
+{
+    size_t n = strlen(c->name);
+    if (n == 0 || n > 18 || c->name[0] == '0' || strspn(c->name, "0123456789") != n)
+        return NULL;
+    return c->name;
+}
+
+static void alerts_get(struct cp_call *c)
+{
+    const char *p[] = {item_id(c)};
+    if (!p[0]) {
+        cp_call_not_found(c);
+        return;
+    }
+    cp_call_query(c,
+                  "SELECT alert_state_doc(s, r) FROM alert_states s"
+                  " JOIN alert_rules r ON r.id = s.rule_id WHERE s.id = $1::bigint",
+                  1, p, cp_call_on_doc);
+}
+
 /* ?state=pending|firing|resolved &rule=<name>: ordered by id (first breach first). */
 static void alerts_list(struct cp_call *c)
 {
@@ -598,7 +620,19 @@ const struct cp_resource cp_api_alerts = {
     .name = "alerts",
     .kind = "alert",
     .list = alerts_list,
+    .get = alerts_get,
 };
+
+static void deliveries_get(struct cp_call *c)
+{
+    const char *p[] = {item_id(c)};
+    if (!p[0]) {
+        cp_call_not_found(c);
+        return;
+    }
+    cp_call_query(c, "SELECT alert_delivery_doc(d) FROM alert_deliveries d WHERE d.id = $1::bigint",
+                  1, p, cp_call_on_doc);
+}
 
 /* ?state=pending|delivered|failed &channel=<name> &rule=<name>: ordered by id. */
 static void deliveries_list(struct cp_call *c)
@@ -630,4 +664,5 @@ const struct cp_resource cp_api_alert_deliveries = {
     .name = "alert-deliveries",
     .kind = "alert delivery",
     .list = deliveries_list,
+    .get = deliveries_get,
 };

@@ -401,6 +401,11 @@ def test_five_shapes_with_signatures_fire_and_resolve_once(build_dir, tmp_path, 
         assert m["switchyard_alert_webhooks_sent_total"] == 10
         dl = cp.ok("GET", "/alert-deliveries?state=delivered")["data"]
         assert len(dl) == 10 and all(x["attempts"] == 1 and x["last_status"] == 200 for x in dl)
+        assert cp.ok("GET", f"/alert-deliveries/{dl[0]['id']}") == dl[0]
+        one = cp.ok("GET", "/alerts")["data"][0]
+        assert cp.ok("GET", f"/alerts/{one['id']}")["subject"] == "dep-x"
+        assert cp.admin("GET", "/alerts/999")[0] == 404
+        assert cp.admin("GET", "/alert-deliveries/x1")[0] == 404
     finally:
         cp.stop()
 
