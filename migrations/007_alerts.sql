@@ -497,14 +497,14 @@ BEGIN
       BEGIN
         seen := '{}';
         FOR m IN SELECT * FROM alert_measure(r) LOOP
-            SELECT * INTO s FROM alert_states WHERE rule_id = r.id AND subject = m.subject;
             IF NOT m.breached THEN
-                IF FOUND THEN
-                    UPDATE alert_states SET value = m.value, evaluated_at = now()
-                    WHERE rule_id = r.id AND subject = m.subject;
-                END IF;
+                -- the value an alert that ends now resolves with (below); a resolved alert
+                -- keeps the one it had, so the quiet majority costs no write
+                UPDATE alert_states SET value = m.value, evaluated_at = now()
+                WHERE rule_id = r.id AND subject = m.subject AND state <> 'resolved';
                 CONTINUE;
             END IF;
+            SELECT * INTO s FROM alert_states WHERE rule_id = r.id AND subject = m.subject;
             seen := seen || m.subject;
             IF NOT FOUND OR s.state = 'resolved' THEN
                 INSERT INTO alert_states AS x (rule_id, subject, state, since, value, started_at,
