@@ -28,6 +28,10 @@
 
 struct cp_alerts {
     struct cp_server *cp;
+    /* A connection of its own: an evaluation can take a second or more with many rules, and
+     * cp->db runs one query at a time, so sharing it would hold up the admin API and the
+     * publisher for as long. */
+    struct cp_db *db;
     SSL_CTX *ssl;
     uv_timer_t eval_timer, poll_timer;
     unsigned open_handles;
@@ -110,7 +114,7 @@ static void on_evaluated(struct cp_db *db, void *ud, const PGresult *res, const 
             poll_now(a);
         }
         if (!a->stopping &&
-            cp_db_exec(a->cp->db,
+            cp_db_exec(a->db,
                        "SELECT (SELECT count(*) FROM alert_states WHERE state = 'firing'),"
                        " (SELECT count(*) FROM alert_deliveries"
                        "   WHERE delivered_at IS NULL AND gave_up_at IS NULL),"
@@ -124,10 +128,10 @@ static void on_evaluated(struct cp_db *db, void *ud, const PGresult *res, const 
 static void on_eval_timer(uv_timer_t *t)
 {
     struct cp_alerts *a = t->data;
-    if (a->stopping || a->evaluating || !cp_db_is_up(a->cp->db))
+    if (a->stopping || a->evaluating || !cp_db_is_up(a->db))
         return;
     const char *p[] = {a->cp->cfg.node_id};
-    if (cp_db_query(a->cp->db, "SELECT alert_evaluate($1)", 1, p, on_evaluated, a) == 0) {
+    if (cp_db_query(a->db, "SELECT alert_evaluate($1)", 1, p, on_evaluated, a) == 0) {
         a->evaluating = true;
         a->pending++;
     }
@@ -222,7 +226,7 @@ static void on_sent(struct cp_webhook_req *req, void *ud, int status, const char
               " claimed_by = NULL, claimed_until = NULL WHERE id = $1::bigint";
     }
     free(dv);
-    if (!a->stopping && a->cp->db && cp_db_query(a->cp->db, sql, n, p, on_recorded, a) == 0)
+    if (!a->stopping && cp_db_query(a->db, sql, n, p, on_recorded, a) == 0)
         a->pending++;
     if (!a->stopping)
         poll_now(a);
@@ -310,7 +314,7 @@ static void on_claimed(struct cp_db *db, void *ud, const PGresult *res, const ch
 static void poll_now(struct cp_alerts *a)
 {
     struct cp_server *cp = a->cp;
-    if (a->stopping || !cp_db_is_up(cp->db))
+    if (a->stopping || !cp_db_is_up(a->db))
         return;
     if (a->claiming) {
         a->poll_again = true;
@@ -323,7 +327,7 @@ static void poll_now(struct cp_alerts *a)
     snprintf(lease, sizeof(lease), "%d", cp->cfg.webhook_timeout_ms / 1000 + LEASE_EXTRA_S);
     snprintf(lim, sizeof(lim), "%d", room);
     const char *p[] = {cp->cfg.node_id, lease, lim};
-    if (cp_db_query(cp->db,
+    if (cp_db_query(a->db,
                     "UPDATE alert_deliveries d SET claimed_by = $1,"
                     " claimed_until = now() + make_interval(secs => $2::int),"
                     " attempts = d.attempts + 1"
@@ -371,6 +375,11 @@ int cp__alerts_start(struct cp_server *cp, char **err)
         free(a);
         return -EINVAL;
     }
+    if (cp_db_open(&cp->loop, cp->cfg.database_url, &a->db, err) < 0) {
+        SSL_CTX_free(a->ssl);
+        free(a);
+        return -ENOMEM;
+    }
     uv_timer_init(&cp->loop, &a->eval_timer);
     uv_timer_init(&cp->loop, &a->poll_timer);
     a->eval_timer.data = a->poll_timer.data = a;
@@ -381,7 +390,7 @@ int cp__alerts_start(struct cp_server *cp, char **err)
     /* A delivery this node had claimed when it stopped (or died) is due again now, rather than
      * when its lease expires: nothing else can be sending it under this node's name. */
     const char *p[] = {cp->cfg.node_id};
-    if (cp_db_query(cp->db,
+    if (cp_db_query(a->db,
                     "UPDATE alert_deliveries SET claimed_by = NULL, claimed_until = NULL"
                     " WHERE claimed_by = $1 AND delivered_at IS NULL AND gave_up_at IS NULL",
                     1, p, on_released, a) == 0)
@@ -404,6 +413,10 @@ void cp__alerts_stop(struct cp_server *cp)
         cp__webhook_abort(dv->req);
     uv_close((uv_handle_t *)&a->eval_timer, on_closed);
     uv_close((uv_handle_t *)&a->poll_timer, on_closed);
+    /* the queries not answered fail now (their callbacks run here); a is freed later, when the
+     * timers have closed */
+    cp_db_close(a->db);
+    a->db = NULL;
 }
 
 void cp__alerts_stats(struct cp_server *cp, struct cp_alerts_stats *out)

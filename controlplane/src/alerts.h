@@ -2,11 +2,12 @@
 /** Alerts: the evaluator and the sender of their notifications (docs/observability.md).
  *
  * Every --alert-interval-ms (15 s) the control plane runs alert_evaluate() in PostgreSQL
- * (migrations/007_alerts.sql). That statement takes a transaction-level advisory lock, so one
- * evaluation runs at a time across every control plane of the database, measures each enabled
- * rule from the fleet's data, moves the alert states and writes, in the same transaction, an
- * `alert` event and one delivery row per channel for every notification. Evaluating from the
- * database makes any control plane able to do it, and the result is the fleet's.
+ * (migrations/007_alerts.sql), on a connection of its own: an evaluation of many rules must not
+ * hold up the admin API, which shares the main one. That statement takes a transaction-level
+ * advisory lock, so one evaluation runs at a time across every control plane of the database,
+ * measures each enabled rule from the fleet's data, moves the alert states and writes, in the same
+ * transaction, an `alert` event and one delivery row per channel for every notification. Evaluating
+ * from the database makes any control plane able to do it, and the result is the fleet's.
  *
  * Deliveries live in the alert_deliveries outbox: every second (and right after an evaluation
  * that wrote some), the control plane claims due ones with FOR UPDATE SKIP LOCKED and a lease,
