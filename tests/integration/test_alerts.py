@@ -289,6 +289,10 @@ def test_rule_and_channel_validation_names_the_field_and_secrets_stay_hidden(
             status, _, body = cp.request("GET", "/admin/v1" + path,
                                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             assert status == 200 and b"SECdingtalk" not in body and b"secret\":\"" not in body
+        # nor in the audit log of the write that set it
+        status, _, body = cp.request("GET", "/admin/v1/audit?limit=500",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert status == 200 and b"alert-channels" in body and b"SECdingtalk" not in body
         kept = cp.ok("PATCH", "/alert-channels/ding", {"url": "https://oapi.example.com/x"})
         assert kept["secret_set"] is True and kept["headers"] == {"X-Team": "sre"}
         row = fresh_db.psql("SELECT encode(secret_enc, 'hex') FROM alert_channels "
