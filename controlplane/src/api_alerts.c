@@ -123,7 +123,9 @@ static bool channel_validate(struct cp_call *c, json_t *doc, struct channel_row 
         r->headers = sy_xstrdup("{}");
     }
     r->p[3] = r->headers;
-    r->p[5] = "keep";
+    /* a channel that becomes a type that is never signed drops the secret it had */
+    bool unsigned_type = strcmp(type, "slack") == 0 || strcmp(type, "wecom") == 0;
+    r->p[5] = unsigned_type ? "clear" : "keep";
     json_t *sec = json_object_get(c->body, "secret");
     if (sec && json_is_null(sec)) {
         r->p[5] = "clear";
@@ -131,7 +133,7 @@ static bool channel_validate(struct cp_call *c, json_t *doc, struct channel_row 
         const char *plain;
         if (!cp_val_str(c, c->body, "secret", true, 512, &plain))
             return false;
-        if (strcmp(type, "slack") == 0 || strcmp(type, "wecom") == 0) {
+        if (unsigned_type) {
             cp_call_invalid(c, "secret",
                             "secret: %s webhooks are not signed; only dingtalk, feishu and "
                             "generic channels take a secret",

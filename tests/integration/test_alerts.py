@@ -300,6 +300,9 @@ def test_rule_and_channel_validation_names_the_field_and_secrets_stay_hidden(
         assert "SECdingtalk".encode().hex() not in row  # stored sealed
         cleared = cp.ok("PATCH", "/alert-channels/ding", {"secret": None})
         assert cleared["secret_set"] is False
+        cp.ok("PATCH", "/alert-channels/ding", {"secret": "again"})
+        slack = cp.ok("PATCH", "/alert-channels/ding", {"type": "slack"})
+        assert slack["secret_set"] is False  # Slack is never signed: the secret goes
 
         # Read-only resources.
         assert cp.ok("GET", "/alerts")["data"] == []
