@@ -522,6 +522,27 @@ def test_a_stop_does_not_wait_for_a_hanging_webhook(build_dir, tmp_path, fresh_d
     assert rows == [["t", "node-a"]]  # not recorded as sent; its claim ends at the next start
 
 
+def test_webhook_concurrency_bounds_the_sends_in_flight(build_dir, tmp_path, fresh_db, receiver):
+    cp = ControlPlane(build_dir, str(tmp_path), fresh_db.url,
+                      args=["--webhook-concurrency", "1", "--webhook-timeout-ms", "1500"])
+    try:
+        provider_and_deployments(cp, [("dep-x", "x-up")])
+        for name in ("h1", "h2"):
+            cp.ok("POST", "/alert-channels", {"name": name, "type": "generic",
+                                              "url": receiver.url + "/hang"}, 201)
+        cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
+                                       "channels": ["h1", "h2"]}, 201)
+        circuit(fresh_db, "dep-x", "circuit_consecutive")
+        wait_for("both deliveries", lambda: len(receiver.on("/hang")) == 2)
+        a, b = receiver.on("/hang")
+        # each holds its answer past the 1.5 s timeout: one at a time, the second waits
+        assert b["t"] - a["t"] >= 1.4, b["t"] - a["t"]
+        wait_for("both recorded", lambda: len(cp.ok(
+            "GET", "/alert-deliveries?state=delivered")["data"]) == 2)
+    finally:
+        cp.stop()
+
+
 # ---- restart, and two control planes --------------------------------------------------------------
 
 def test_a_pending_delivery_is_sent_after_the_control_plane_is_killed(
