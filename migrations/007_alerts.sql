@@ -312,7 +312,8 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Budget use, in percent of each budget's amount for its current period. This stub returns no
--- rows: the budgets migration replaces it (CREATE OR REPLACE, same columns) with the real one.
+-- rows: the budgets migration (010) drops it and defines the real one, whose percent may be
+-- any numeric type (alert_measure casts it).
 CREATE FUNCTION alert_budget_use()
 RETURNS TABLE (budget text, subject text, percent double precision)
 LANGUAGE sql STABLE AS $$
@@ -393,7 +394,7 @@ BEGIN
         RETURN QUERY
             SELECT b.budget || CASE WHEN coalesce(b.subject, '') = '' THEN ''
                                     ELSE ' (' || b.subject || ')' END,
-                   b.percent, b.percent > r.threshold
+                   b.percent::double precision, b.percent::double precision > r.threshold
             FROM alert_budget_use() b
             WHERE r.target IS NULL OR b.budget = r.target;
     END IF;

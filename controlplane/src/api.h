@@ -144,6 +144,7 @@ extern const struct cp_resource cp_api_alert_rules;
 extern const struct cp_resource cp_api_alerts;
 extern const struct cp_resource cp_api_alert_deliveries;
 extern const struct cp_resource cp_api_audit;
+extern const struct cp_resource cp_api_budgets;
 
 /* ---- api_audit.c: the audit log ------------------------------------------------------------ */
 

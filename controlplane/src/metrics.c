@@ -33,6 +33,7 @@
 #include <uv.h>
 
 #include "alerts.h"
+#include "budget.h"
 #include "crypto.h"
 #include "internal.h"
 #include "metrics.h"
@@ -538,6 +539,7 @@ void cp__metrics_render(struct cp_metrics *m, struct sy_buf *b)
     sample_head(b, "switchyard_shm_attached", "", NULL);
     put_u64(b, m->shm != NULL);
     render_alerts(b, cp);
+    cp__budget_metrics(cp, b);
 
     if (!m->shm)
         return;

@@ -14,6 +14,7 @@
 
 #include "alerts.h"
 #include "api.h"
+#include "budget.h"
 #include "events.h"
 #include "internal.h"
 #include "metrics.h"
@@ -423,6 +424,7 @@ static void on_signal(uv_signal_t *s, int signum)
     cp__events_stop(cp);
     cp__usage_stop(cp);
     cp__audit_stop(cp);
+    cp__budget_stop(cp);
     cp_db_close(cp->db);
     cp->db = NULL;
 }
@@ -482,6 +484,8 @@ static void on_db_state(struct cp_db *db, void *ud, bool up, const char *why)
         sy_log(SY_LOG_WARN, "db", "database connection down: %s", why ? why : "");
     cp__publisher_db_state(ud, up);
     cp__usage_db_state(ud, up);
+    if (up)
+        cp__budget_kick(ud);
 }
 
 int cp_serve(int argc, char **argv)
@@ -572,7 +576,8 @@ int cp_serve(int argc, char **argv)
     }
     /* before the metrics module takes the segment path */
     if (cp__usage_start(cp, mcfg.shm_path, &err) < 0 ||
-        cp__events_start(cp, mcfg.shm_path, &err) < 0) {
+        cp__events_start(cp, mcfg.shm_path, &err) < 0 ||
+        cp__budget_start(cp, mcfg.shm_path, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
     }
@@ -613,6 +618,7 @@ out_db:
         cp__events_stop(cp);
         cp__usage_stop(cp);
         cp__audit_stop(cp);
+        cp__budget_stop(cp);
         cp__publisher_stop(cp);
         cp_db_close(cp->db);
         cp->db = NULL;

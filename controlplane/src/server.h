@@ -19,6 +19,7 @@ struct cp_events;
 struct cp_alerts;
 struct cp_audit;
 struct sy_tls_server;
+struct cp_budgets;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -83,7 +84,8 @@ struct cp_server {
     struct sy_tls_server *tls; /* the admin listener's TLS context, or NULL for plain HTTP */
     struct cp_audit *audit;    /* api_audit.c: the queue of audit records to store */
     bool stopping;
-    int64_t started_ms; /* wall clock */
+    int64_t started_ms;         /* wall clock */
+    struct cp_budgets *budgets; /* budget.c: NULL until started, and after stop */
 };
 
 /* ---- publish.c --------------------------------------------------------------------------- */

@@ -334,9 +334,10 @@ def test_five_shapes_with_signatures_fire_and_resolve_once(build_dir, tmp_path, 
                 body["headers"] = {"X-Team": "sre"}
             cp.ok("POST", "/alert-channels", body, 201)
         # A rule that cannot be evaluated (evaluated first) does not silence the others.
-        fresh_db.psql("CREATE OR REPLACE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
-                      " subject text, percent double precision) LANGUAGE sql STABLE AS $$"
-                      " SELECT 'b', 's', (1 / 0)::double precision $$")
+        fresh_db.psql("DROP FUNCTION alert_budget_use();"
+                      "CREATE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
+                      " subject text, percent numeric) LANGUAGE sql STABLE AS $$"
+                      " SELECT 'b', 's', 1 / 0::numeric $$")
         cp.ok("POST", "/alert-rules", {"name": "broken", "kind": "budget_use", "threshold": 1,
                                        "channels": ["gen"]}, 201)
         cp.ok("POST", "/alert-rules", {"name": "breaker", "kind": "circuit_open",
@@ -645,12 +646,16 @@ def test_rules_measure_the_rollups_wait_for_minutes_and_repeat(build_dir, tmp_pa
         fresh_db.psql(usage_row("n1", "deployment", "dep-a", 9, bucket=20, tokens=500) +
                       usage_row("n2", "deployment", "dep-a", 3, bucket=20, tokens=100) +
                       usage_row("n1", "deployment", "dep-b", 10, bucket=3) +
-                      usage_row("n1", "model", "alpha", 20, errors=5))
-        # The budgets migration replaces this function; its contract is these columns.
-        fresh_db.psql("CREATE OR REPLACE FUNCTION alert_budget_use() RETURNS TABLE (budget text,"
-                      " subject text, percent double precision) LANGUAGE sql STABLE AS $$"
-                      " SELECT 'team-a', 'agent x', 95.0::double precision"
-                      " UNION ALL SELECT 'team-b', '', 10.0::double precision $$")
+                      usage_row("n1", "model", "alpha", 20, errors=5) +
+                      # 9.5 spent by agent bot-a's key today, 1 by bot-b's
+                      "INSERT INTO usage_minute (minute, node, kind, name, agent, requests,"
+                      " successes, cost) VALUES (date_trunc('minute', now()), 'n1', 'key', 'k1',"
+                      " 'bot-a', 1, 1, 9.5), (date_trunc('minute', now()), 'n1', 'key', 'k2',"
+                      " 'bot-b', 1, 1, 1);")
+        cp.ok("POST", "/budgets", {"name": "team-a", "scope": "agent", "subject": "bot-a",
+                                   "amount": 10, "period": "day"}, 201)
+        cp.ok("POST", "/budgets", {"name": "team-b", "scope": "agent", "subject": "bot-b",
+                                   "amount": 10, "period": "day"}, 201)
         circuit(fresh_db, "dep-b", "circuit_consecutive")
         for rule in (
                 {"name": "slow", "kind": "p95_latency", "threshold": 100, "min_requests": 5},
@@ -673,7 +678,7 @@ def test_rules_measure_the_rollups_wait_for_minutes_and_repeat(build_dir, tmp_pa
         busy = got("busy")
         assert [(b["subject"], b["value"]) for b in busy] == [("dep-a", 120)]  # both nodes
         assert got("tokens") == []  # 600 of 1000 tokens: 60%
-        assert [(b["subject"], b["value"]) for b in got("spend")] == [("team-a (agent x)", 95)]
+        assert [(b["subject"], b["value"]) for b in got("spend")] == [("team-a (bot-a)", 95)]
         assert got("model-errors") == []
         pending = cp.ok("GET", "/alerts?state=pending")["data"]
         assert [(a["rule"], a["subject"], a["value"]) for a in pending] == \
