@@ -1669,6 +1669,9 @@ static void table_free(struct sy_table *t)
     for (uint32_t i = 0; i < t->n_keys; i++)
         key_free(&t->keys[i]);
     free(t->keys);
+    sy__guardrails_free(t);
+    if (t->ext_free)
+        t->ext_free(t->ext);
     free(t);
 }
 
@@ -2035,6 +2038,11 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     if (v && (rc = decode_keys(td, v)) < 0)
         return rc;
     path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "guardrails", &v)) < 0)
+        return rc;
+    if (v && (rc = sy__guardrails_decode(td->t, v, d->err)) < 0)
+        return rc;
     return 0;
 }
 
@@ -2423,7 +2431,7 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 7);
+    msgpack_pack_map(&pk, 8);
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -2447,6 +2455,8 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_pack_array(&pk, t->n_keys);
     for (uint32_t i = 0; i < t->n_keys; i++)
         pack_fields(&pk, t, key_fields, SY_ARRAY_LEN(key_fields), &t->keys[i]);
+    pack_cstr(&pk, "guardrails");
+    sy__guardrails_pack(&pk, t);
     return 0;
 }
 
