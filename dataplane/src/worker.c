@@ -12,6 +12,7 @@
 #include "worker.h"
 #include "sy/log.h"
 #include "sy/shm.h"
+#include "guard.h"
 #include "sy/table.h"
 #include "sy/util.h"
 #include "upstream.h"
@@ -68,6 +69,7 @@ static void on_request(struct sy_http_request *req)
 void dp__worker_set_table(struct dp_worker *w, struct sy_table *t)
 {
     struct sy_table *old = w->table;
+    dp_guard_attach(t); /* compiled here, between requests, not on one */
     w->table = t;
     sy_log(SY_LOG_INFO, "worker", "worker %u: table version %llu -> %llu", w->index,
            (unsigned long long)old->version, (unsigned long long)t->version);
@@ -136,6 +138,7 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
     w->shm = dp__node_shm;
     if (w->shm)
         sy_shm_worker_start(w->shm, index, getpid(), sy_now_ms());
+    dp_guard_attach(table);
     w->table = table;
     signal(SIGPIPE, SIG_IGN);
 
