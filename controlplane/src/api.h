@@ -139,3 +139,4 @@ extern const struct cp_resource cp_api_catalog;
 extern const struct cp_resource cp_api_status;
 extern const struct cp_resource cp_api_usage;
 extern const struct cp_resource cp_api_events;
+extern const struct cp_resource cp_api_guardrails;
