@@ -56,8 +56,7 @@ static bool regexes_compile(struct cp_call *c, const char *side_name, json_t *si
         hs_compile_error_t *ce = NULL;
         /* the flags and mode of dataplane/src/guard.c */
         if (hs_compile(json_string_value(re), HS_FLAG_UTF8 | HS_FLAG_SOM_LEFTMOST,
-                       HS_MODE_STREAM | HS_MODE_SOM_HORIZON_SMALL, NULL, &db,
-                       &ce) == HS_SUCCESS) {
+                       HS_MODE_STREAM | HS_MODE_SOM_HORIZON_SMALL, NULL, &db, &ce) == HS_SUCCESS) {
             hs_free_database(db);
             continue;
         }
@@ -130,8 +129,8 @@ static void row_params(json_t *row, const char *p[4], char **spec_text)
 static void get(struct cp_call *c)
 {
     const char *p[] = {c->name};
-    cp_call_query(c, "SELECT guardrail_doc(g), g.version FROM guardrails g WHERE g.name = $1", 1,
-                  p, cp_call_on_doc);
+    cp_call_query(c, "SELECT guardrail_doc(g), g.version FROM guardrails g WHERE g.name = $1", 1, p,
+                  cp_call_on_doc);
 }
 
 /* ?q= matches the name or the description, case-insensitively. */
@@ -206,8 +205,7 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
     bool replace = c->state != NULL;
     json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
     if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL,
-                      "cannot read the guardrail");
+        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the guardrail");
         return;
     }
     cp_json_merge(doc, c->body, nested);
@@ -240,8 +238,8 @@ static void update(struct cp_call *c, bool replace)
 {
     const char *p[] = {c->name};
     c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c, "SELECT guardrail_doc(g), g.version FROM guardrails g WHERE g.name = $1", 1,
-                  p, on_update_read);
+    cp_call_query(c, "SELECT guardrail_doc(g), g.version FROM guardrails g WHERE g.name = $1", 1, p,
+                  on_update_read);
 }
 
 static void remove_(struct cp_call *c)

@@ -193,12 +193,10 @@ int dp_guard_db_compile(const struct sy_guard_side *side, struct dp_guard_db **o
             if (at == UINT32_MAX)
                 sy_buf_printf(&b, "%s", ce ? ce->message : "cannot compile");
             else if (db->det[at] == SY_GUARD_REGEX)
-                sy_buf_printf(&b, "regexes[%u]: %s", at - (p.n - side->n_regexes),
-                              ce->message);
+                sy_buf_printf(&b, "regexes[%u]: %s", at - (p.n - side->n_regexes), ce->message);
             else if (db->det[at] == SY_GUARD_KEYWORD)
-                sy_buf_printf(&b, "keywords[%u]: %s", at - (p.n - side->n_regexes -
-                                                            side->n_keywords),
-                              ce->message);
+                sy_buf_printf(&b, "keywords[%u]: %s",
+                              at - (p.n - side->n_regexes - side->n_keywords), ce->message);
             else
                 sy_buf_printf(&b, "detector %s: %s",
                               sy_guard_detector_name((enum sy_guard_detector)db->det[at]),
@@ -449,9 +447,13 @@ int dp_guard_stream_feed(struct dp_guard_stream *s, const char *text, size_t len
     sy_buf_append(&s->held, text, len);
     s->total += len;
     struct scan_ctx c = {
-        .text = s->held.data, .len = s->held.len, .base = s->base, .off = s->seg,
+        .text = s->held.data,
+        .len = s->held.len,
+        .base = s->base,
+        .off = s->seg,
         .out = &s->pending,
-        .worst = -1, .seen = s->pending.seen,
+        .worst = -1,
+        .seen = s->pending.seen,
     };
     for (size_t i = 0; i < s->n; i++) {
         c.db = s->dbs[i];

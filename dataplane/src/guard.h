@@ -85,18 +85,18 @@ struct dp_guard_stream {
     struct dp_guard_db *dbs[DP_GUARD_MAX_RAILS]; /* borrowed */
     void *hs[DP_GUARD_MAX_RAILS];                /* hs_stream_t per database */
     size_t n;
-    struct sy_buf held;  /* up to DP_GUARD_HOLD bytes already emitted (context for the
-                          * validators), then the text not emitted yet */
-    uint64_t base;       /* stream offset of held.data[0] */
-    size_t emit_skip;    /* bytes at the front of held already emitted */
-    uint64_t total;      /* bytes fed */
-    uint64_t seg;        /* stream offset where the current text began (after a final one) */
+    struct sy_buf held; /* up to DP_GUARD_HOLD bytes already emitted (context for the
+                         * validators), then the text not emitted yet */
+    uint64_t base;      /* stream offset of held.data[0] */
+    size_t emit_skip;   /* bytes at the front of held already emitted */
+    uint64_t total;     /* bytes fed */
+    uint64_t seg;       /* stream offset where the current text began (after a final one) */
     struct dp_guard_matches pending; /* matches not yet emitted; .seen: every one found */
-    int worst;           /* strongest action seen, -1 for none */
-    size_t hold;         /* bytes held back: DP_GUARD_HOLD with databases, 0 without */
-    uint64_t max_chars;  /* characters emitted at most (0: no limit) */
-    uint64_t chars;      /* characters emitted so far */
-    bool limited;        /* the limit cut the text */
+    int worst;                       /* strongest action seen, -1 for none */
+    size_t hold;                     /* bytes held back: DP_GUARD_HOLD with databases, 0 without */
+    uint64_t max_chars;              /* characters emitted at most (0: no limit) */
+    uint64_t chars;                  /* characters emitted so far */
+    bool limited;                    /* the limit cut the text */
     bool closed;
 };
 

@@ -151,8 +151,10 @@ struct dp_guard_req *dp_guard_begin(struct sy_http_request *req, const struct sy
             g->block_index = -1;
         }
         if (g->n == DP_GUARD_MAX_RAILS) {
-            sy_log(SY_LOG_WARN, "guard", "request=%s more than %d guardrails apply; \"%s\" "
-                   "and later ones are skipped", req->id, DP_GUARD_MAX_RAILS, r->gr->name);
+            sy_log(SY_LOG_WARN, "guard",
+                   "request=%s more than %d guardrails apply; \"%s\" "
+                   "and later ones are skipped",
+                   req->id, DP_GUARD_MAX_RAILS, r->gr->name);
             break;
         }
         g->rails[g->n] = r;
@@ -179,7 +181,8 @@ bool dp_guard_blocked(const struct dp_guard_req *g)
 
 /* ---- events and refusals ------------------------------------------------------------------- */
 
-static void event(struct dp_guard_req *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void event(struct dp_guard_req *g, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void event(struct dp_guard_req *g, const char *fmt, ...)
 {
@@ -249,15 +252,14 @@ static void refuse(struct dp_guard_req *g, const char *code, const char *param, 
 }
 
 /* The first blocking match of <m>: which guardrail, which detector. */
-static void refuse_match(struct dp_guard_req *g, const struct dp_guard_matches *m,
-                         const char *side)
+static void refuse_match(struct dp_guard_req *g, const struct dp_guard_matches *m, const char *side)
 {
     for (size_t r = 0; r < g->n; r++)
         for (int d = 0; d < SY_GUARD_DETECTOR_MAX; d++)
             if (m->seen[r] & (1u << (d * 3 + SY_GUARD_BLOCK))) {
                 refuse(g, "guardrail_blocked", NULL,
-                       "Blocked by guardrail \"%s\": the %s contains %s.",
-                       g->rails[r]->gr->name, side, what_found((enum sy_guard_detector)d));
+                       "Blocked by guardrail \"%s\": the %s contains %s.", g->rails[r]->gr->name,
+                       side, what_found((enum sy_guard_detector)d));
                 return;
             }
     refuse(g, "guardrail_blocked", NULL, "Blocked by a guardrail.");
@@ -266,8 +268,7 @@ static void refuse_match(struct dp_guard_req *g, const struct dp_guard_matches *
 static void error_body(struct dp_guard_req *g, struct sy_buf *b)
 {
     if (g->api == DP_API_ANTHROPIC)
-        dp_tr_gateway_error(DP_API_ANTHROPIC, 400, "invalid_request_error", g->code, g->message,
-                            b);
+        dp_tr_gateway_error(DP_API_ANTHROPIC, 400, "invalid_request_error", g->code, g->message, b);
     else
         sy_http_error_json(b, "invalid_request_error", g->code, g->param, g->message);
 }
@@ -627,8 +628,8 @@ static void stream_limited(struct dp_guard_req *g)
                                g->block_index < 0 ? 0 : g->block_index);
         put_data(g->out_buf, "content_block_stop", ev);
         json_decref(ev);
-        ev = json_pack("{s:s,s:{s:s,s:n},s:{s:i}}", "type", "message_delta", "delta",
-                       "stop_reason", "max_tokens", "stop_sequence", "usage", "output_tokens", 0);
+        ev = json_pack("{s:s,s:{s:s,s:n},s:{s:i}}", "type", "message_delta", "delta", "stop_reason",
+                       "max_tokens", "stop_sequence", "usage", "output_tokens", 0);
         put_data(g->out_buf, "message_delta", ev);
         json_decref(ev);
         sy_buf_puts(g->out_buf, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");

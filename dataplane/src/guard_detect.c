@@ -31,9 +31,11 @@ static const struct dp_guard_pattern patterns[] = {
      true},
     /* +<country code> then 6..14 more digits, spaces, dashes, one parenthesised area code */
     {SY_GUARD_PHONE,
-     "\\+[1-9][0-9]{0,2}[ \\-]?(?:\\([0-9]{1,4}\\)[ \\-]?)?(?:[0-9][ \\-]?){5,13}[0-9]" NOT_DIGIT_AFTER,
+     "\\+[1-9][0-9]{0,2}[ \\-]?(?:\\([0-9]{1,4}\\)[ \\-]?)?(?:[0-9][ "
+     "\\-]?){5,13}[0-9]" NOT_DIGIT_AFTER,
      false},
-    {SY_GUARD_CN_MOBILE, NOT_DIGIT_BEFORE "(?:\\+?86[ \\-]?)?1[3-9][0-9]{9}" NOT_DIGIT_AFTER, false},
+    {SY_GUARD_CN_MOBILE, NOT_DIGIT_BEFORE "(?:\\+?86[ \\-]?)?1[3-9][0-9]{9}" NOT_DIGIT_AFTER,
+     false},
     /* region (6), birth date yyyymmdd (8), sequence (3), check character */
     {SY_GUARD_CN_ID,
      NOT_DIGIT_BEFORE "[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])"
@@ -42,7 +44,8 @@ static const struct dp_guard_pattern patterns[] = {
     {SY_GUARD_BANK_CARD, NOT_DIGIT_BEFORE "[0-9](?:[ \\-]?[0-9]){12,18}" NOT_DIGIT_AFTER, false},
     {SY_GUARD_IPV4, "(?:^|[^0-9.])(?:[0-9]{1,3}\\.){3}[0-9]{1,3}" NOT_DIGIT_AFTER, false},
     {SY_GUARD_IPV6,
-     "(?:^|[^0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:[^0-9A-Fa-f:]|$)", false},
+     "(?:^|[^0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:[^0-9A-Fa-f:]|$)",
+     false},
     /* OpenAI and Anthropic keys, AWS access key ids, GitHub tokens, Slack tokens, Google API
      * keys, and the first line of a PEM private key (the block is extended to its END line) */
     {SY_GUARD_SECRET, "sk-(?:ant-|proj-)?[A-Za-z0-9_\\-]{20,160}", true},
@@ -194,8 +197,8 @@ static void extend_pem(const char *text, size_t len, size_t *to)
     const char *e = memmem(text + *to, len - *to, end, sizeof(end) - 1);
     if (!e)
         return;
-    const char *close = memmem(e + sizeof(end) - 1, (size_t)(text + len - e) - (sizeof(end) - 1),
-                               "-----", 5);
+    const char *close =
+        memmem(e + sizeof(end) - 1, (size_t)(text + len - e) - (sizeof(end) - 1), "-----", 5);
     if (close && close - e < 80)
         *to = (size_t)(close + 5 - text);
 }
@@ -205,8 +208,8 @@ static void extend_pem(const char *text, size_t len, size_t *to)
 static size_t email_start(const char *text, size_t to)
 {
     size_t i = to;
-    while (i > 0 && to - i < 255 && (is_alnum(text[i - 1]) || text[i - 1] == '.' ||
-                                     text[i - 1] == '-'))
+    while (i > 0 && to - i < 255 &&
+           (is_alnum(text[i - 1]) || text[i - 1] == '.' || text[i - 1] == '-'))
         i--;
     if (i == 0 || text[i - 1] != '@')
         return to;
@@ -229,8 +232,8 @@ static size_t secret_start(const char *text, size_t to)
         }
         return to;
     }
-    while (i > 0 && to - i < 200 && (is_alnum(text[i - 1]) || text[i - 1] == '_' ||
-                                     text[i - 1] == '-'))
+    while (i > 0 && to - i < 200 &&
+           (is_alnum(text[i - 1]) || text[i - 1] == '_' || text[i - 1] == '-'))
         i--;
     return i;
 }

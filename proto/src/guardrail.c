@@ -20,21 +20,21 @@
 
 /* Limits of one guardrail: enough for a real deny list (10,000 keywords of up to 256 bytes is
  * the documented target), small enough that one document cannot exhaust a worker. */
-#define MAX_KEYWORDS     100000
-#define MAX_KEYWORD_LEN  256
-#define MAX_REGEXES      256
-#define MAX_REGEX_LEN    1024
-#define MAX_ATTACH       1024 /* models or keys one guardrail names */
-#define MAX_GUARDRAILS   1024 /* guardrails of one table */
-#define MAX_NAME_LEN     128
-#define MAX_LIMIT        100000000u
+#define MAX_KEYWORDS    100000
+#define MAX_KEYWORD_LEN 256
+#define MAX_REGEXES     256
+#define MAX_REGEX_LEN   1024
+#define MAX_ATTACH      1024 /* models or keys one guardrail names */
+#define MAX_GUARDRAILS  1024 /* guardrails of one table */
+#define MAX_NAME_LEN    128
+#define MAX_LIMIT       100000000u
 
 static const char *const detector_names[SY_GUARD_DETECTOR_MAX] = {
-    [SY_GUARD_EMAIL] = "email",       [SY_GUARD_PHONE] = "phone",
+    [SY_GUARD_EMAIL] = "email",         [SY_GUARD_PHONE] = "phone",
     [SY_GUARD_CN_MOBILE] = "cn_mobile", [SY_GUARD_CN_ID] = "cn_id",
     [SY_GUARD_BANK_CARD] = "bank_card", [SY_GUARD_IPV4] = "ipv4",
-    [SY_GUARD_IPV6] = "ipv6",         [SY_GUARD_SECRET] = "secret",
-    [SY_GUARD_KEYWORD] = "keywords",  [SY_GUARD_REGEX] = "regexes",
+    [SY_GUARD_IPV6] = "ipv6",           [SY_GUARD_SECRET] = "secret",
+    [SY_GUARD_KEYWORD] = "keywords",    [SY_GUARD_REGEX] = "regexes",
 };
 
 static const char *const action_names[SY_GUARD_ACTION_MAX] = {
@@ -66,8 +66,7 @@ struct gdec {
     char **err, **err_path;
 };
 
-__attribute__((format(printf, 3, 4))) static int gfail(struct gdec *g, int rc, const char *fmt,
-                                                       ...)
+__attribute__((format(printf, 3, 4))) static int gfail(struct gdec *g, int rc, const char *fmt, ...)
 {
     if (g->err) {
         struct sy_buf b = SY_BUF_INIT;
@@ -173,15 +172,15 @@ static const msgpack_object *get(const msgpack_object *map, const char *key)
     for (uint32_t i = 0; i < map->via.map.size; i++)
         if (str_is(&map->via.map.ptr[i].key, key))
             return map->via.map.ptr[i].val.type == MSGPACK_OBJECT_NIL ? NULL
-                                                                     : &map->via.map.ptr[i].val;
+                                                                      : &map->via.map.ptr[i].val;
     return NULL;
 }
 
 static int want_map(struct gdec *g, const msgpack_object *v)
 {
-    return v->type == MSGPACK_OBJECT_MAP ? 0
-                                         : gfail(g, -EINVAL, "expected an object, got %s",
-                                                 type_of(v));
+    return v->type == MSGPACK_OBJECT_MAP
+               ? 0
+               : gfail(g, -EINVAL, "expected an object, got %s", type_of(v));
 }
 
 static int get_string(struct gdec *g, const msgpack_object *v, size_t min, size_t max, char **out)
@@ -258,8 +257,8 @@ static int get_strings(struct gdec *g, const msgpack_object *v, uint32_t max_n, 
     return 0;
 }
 
-static const char *const side_keys[] = {"detectors", "keywords", "regexes", "action", "actions",
-                                        NULL};
+static const char *const side_keys[] = {"detectors", "keywords", "regexes",
+                                        "action",    "actions",  NULL};
 
 static int decode_side(struct gdec *g, const msgpack_object *v, struct sy_guard_side *s)
 {
@@ -284,8 +283,7 @@ static int decode_side(struct gdec *g, const msgpack_object *v, struct sy_guard_
         for (uint32_t i = 0; i < x->via.array.size; i++) {
             size_t m2 = push_index(g, i);
             int d;
-            if ((rc = get_name(g, &x->via.array.ptr[i], detector_names, SY_GUARD_KEYWORD, &d)) <
-                0)
+            if ((rc = get_name(g, &x->via.array.ptr[i], detector_names, SY_GUARD_KEYWORD, &d)) < 0)
                 return rc;
             if (s->detectors & (1u << d))
                 return gfail(g, -EINVAL, "\"%s\" is listed twice", detector_names[d]);
@@ -303,8 +301,7 @@ static int decode_side(struct gdec *g, const msgpack_object *v, struct sy_guard_
     }
     if ((x = get(v, "regexes"))) {
         mark = push_key(g, "regexes");
-        if ((rc = get_strings(g, x, MAX_REGEXES, 1, MAX_REGEX_LEN, &s->regexes, &s->n_regexes)) <
-            0)
+        if ((rc = get_strings(g, x, MAX_REGEXES, 1, MAX_REGEX_LEN, &s->regexes, &s->n_regexes)) < 0)
             return rc;
         pop(g, mark);
     }
@@ -379,8 +376,7 @@ static int decode_attach(struct gdec *g, const msgpack_object *v, struct sy_guar
     }
     if ((x = get(v, "models"))) {
         mark = push_key(g, "models");
-        if ((rc = get_strings(g, x, MAX_ATTACH, 1, MAX_NAME_LEN, &gr->models, &gr->n_models)) <
-            0)
+        if ((rc = get_strings(g, x, MAX_ATTACH, 1, MAX_NAME_LEN, &gr->models, &gr->n_models)) < 0)
             return rc;
         pop(g, mark);
     }
@@ -406,7 +402,7 @@ static int decode_attach(struct gdec *g, const msgpack_object *v, struct sy_guar
 /* Keys of a guardrail; the admin document's own (description, enabled and what reads show) are
  * accepted by a strict walk so that a fetched document can be sent back. */
 static const char *const guardrail_keys[] = {
-    "name",    "id",     "applies_to", "input",   "output",     "limits",     "description",
+    "name",    "id",     "applies_to", "input",      "output",     "limits", "description",
     "enabled", "object", "version",    "created_at", "updated_at", NULL};
 
 static int decode_one(struct gdec *g, const msgpack_object *v, struct sy_guardrail *gr)
@@ -502,8 +498,7 @@ int sy__guardrails_decode(struct sy_table *t, const msgpack_object *v, char **er
         rc = gfail(&g, -EINVAL, "at most %d guardrails", MAX_GUARDRAILS);
         goto fail;
     }
-    t->guardrails = sy_xcalloc(v->via.array.size ? v->via.array.size : 1,
-                               sizeof(*t->guardrails));
+    t->guardrails = sy_xcalloc(v->via.array.size ? v->via.array.size : 1, sizeof(*t->guardrails));
     t->n_guardrails = v->via.array.size; /* zeroed: freeing copes with a partial decode */
     for (uint32_t i = 0; i < v->via.array.size; i++) {
         size_t mark = push_index(&g, i);
@@ -513,8 +508,7 @@ int sy__guardrails_decode(struct sy_table *t, const msgpack_object *v, char **er
         for (uint32_t j = 0; j < i; j++) {
             if (strcmp(t->guardrails[j].name, t->guardrails[i].name) == 0) {
                 push_index(&g, i);
-                rc = gfail(&g, -EINVAL, "name \"%s\" is used twice (also guardrails[%" PRIu32
-                                        "])",
+                rc = gfail(&g, -EINVAL, "name \"%s\" is used twice (also guardrails[%" PRIu32 "])",
                            t->guardrails[i].name, j);
                 goto fail;
             }
@@ -629,9 +623,9 @@ void sy__guardrails_pack(msgpack_packer *pk, const struct sy_table *t)
         pack_s(pk, "max_tokens_cap");
         msgpack_pack_uint32(pk, l->max_tokens_cap);
         pack_s(pk, "max_tokens_mode");
-        pack_s(pk, tokens_mode_names[l->max_tokens_mode < SY_GUARD_TOKENS_MAX
-                                         ? l->max_tokens_mode
-                                         : 0]);
+        pack_s(
+            pk,
+            tokens_mode_names[l->max_tokens_mode < SY_GUARD_TOKENS_MAX ? l->max_tokens_mode : 0]);
         pack_s(pk, "max_output_chars");
         msgpack_pack_uint32(pk, l->max_output_chars);
     }

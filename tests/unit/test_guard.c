@@ -48,8 +48,7 @@ static void expect_redact(uint32_t detectors, const char *in, const char *want)
     dp_guard_scan_text(&db, 1, in, strlen(in), &m);
     dp_guard_redact(in, strlen(in), 0, &m, &out);
     if (strcmp(out.data ? out.data : "", want) != 0)
-        fail_msg("redact of\n  %s\ngave\n  %s\nwanted\n  %s", in, out.data ? out.data : "",
-                 want);
+        fail_msg("redact of\n  %s\ngave\n  %s\nwanted\n  %s", in, out.data ? out.data : "", want);
     sy_buf_free(&out);
     dp_guard_matches_free(&m);
     dp_guard_db_unref(db);
@@ -88,7 +87,8 @@ static void test_phone(void **state)
 static void test_cn_id(void **state)
 {
     /* 11010519491231002X: valid check character X */
-    expect_redact(BIT(SY_GUARD_CN_ID), "身份证 11010519491231002X。", "身份证 110105********002X。");
+    expect_redact(BIT(SY_GUARD_CN_ID), "身份证 11010519491231002X。",
+                  "身份证 110105********002X。");
     expect_redact(BIT(SY_GUARD_CN_ID), "id 110105194912310021 end", "id 110105194912310021 end");
     /* 440524188001010014 is valid */
     assert_true(dp__guard_cn_id("440524188001010014", 18));
@@ -183,7 +183,8 @@ static void test_all_and_cache(void **state)
     const char *in = "mail a@b.io, tel 13812345678, card 4111111111111111, ip 8.8.8.8";
     dp_guard_scan_text(&a, 1, in, strlen(in), &m);
     dp_guard_redact(in, strlen(in), 0, &m, &out);
-    assert_string_equal(out.data, "mail [EMAIL], tel 138****5678, card ************1111, ip [IPV4]");
+    assert_string_equal(out.data,
+                        "mail [EMAIL], tel 138****5678, card ************1111, ip [IPV4]");
     sy_buf_free(&out);
     dp_guard_matches_free(&m);
     dp_guard_db_unref(a);
@@ -213,8 +214,8 @@ static int stream_run(struct dp_guard_db *db, const char *const *parts, size_t n
 static void test_stream_straddle(void **state)
 {
     const char *kw[] = {"secret plan"};
-    struct dp_guard_db *db = db_of(BIT(SY_GUARD_CN_MOBILE) | BIT(SY_GUARD_EMAIL), kw, 1, NULL, 0,
-                                   SY_GUARD_REDACT);
+    struct dp_guard_db *db =
+        db_of(BIT(SY_GUARD_CN_MOBILE) | BIT(SY_GUARD_EMAIL), kw, 1, NULL, 0, SY_GUARD_REDACT);
     const char *parts[] = {"the secr", "et plan is at 1381234", "5678 or bob@exa", "mple.com", "!"};
     struct sy_buf out = SY_BUF_INIT;
     assert_int_equal(stream_run(db, parts, 5, 0, &out), SY_GUARD_REDACT);
