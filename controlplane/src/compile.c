@@ -502,8 +502,8 @@ static void read_guardrails(struct build *b, json_t *doc)
     json_array_foreach(arr, i, row)
     {
         char *text = json_dumps(row, JSON_COMPACT), *err = NULL;
-        if (text && sy_guardrail_check_json(text, strlen(text),
-                                            &t->guardrails[t->n_guardrails], &err, NULL) == 0) {
+        if (text && sy_guardrail_check_json(text, strlen(text), &t->guardrails[t->n_guardrails],
+                                            &err, NULL) == 0) {
             t->n_guardrails++;
         } else {
             sy_log(SY_LOG_ERROR, "compile", "guardrail \"%s\" left out: %s",

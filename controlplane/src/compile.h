@@ -27,7 +27,8 @@ struct cp_compiled {
     uint32_t n_problems; /* rows compiled disabled or left out (each logged) */
     uint64_t query_ms;   /* the statement, from queueing to its result */
     uint64_t build_ms;   /* parse, build, encode and check */
-    uint32_t n_guardrails; /* enabled guardrails in the table */
+    /* enabled guardrails in the table */
+    uint32_t n_guardrails;
 };
 
 /** The statement that returns the whole config as one JSON document (one row, one column):

@@ -256,7 +256,7 @@ struct sy_guard_side {
     uint32_t detectors; /* bit (1u << enum sy_guard_detector) per built-in detector */
     uint8_t actions[SY_GUARD_DETECTOR_MAX]; /* enum sy_guard_action per detector, keywords and
                                              * regexes included */
-    char **keywords; /* literal, matched case-insensitively (ASCII) */
+    char **keywords;                        /* literal, matched case-insensitively (ASCII) */
     uint32_t n_keywords;
     char **regexes; /* vectorscan syntax, UTF-8 */
     uint32_t n_regexes;
@@ -281,8 +281,8 @@ struct sy_guard_limits {
 struct sy_guardrail {
     char *name;
     uint64_t id;
-    bool all;       /* applies to every request */
-    char **models;  /* public model names it applies to (the name the client asked for) */
+    bool all;      /* applies to every request */
+    char **models; /* public model names it applies to (the name the client asked for) */
     uint32_t n_models;
     uint64_t *keys; /* client key ids it applies to */
     uint32_t n_keys;
