@@ -287,6 +287,11 @@ def stack(build_dir, tmp_path, fresh_db, mock):
     cp.ok("POST", "/models", {"name": "gm", "targets": [{"deployment": "dep"}]}, 201)
     key = cp.ok("POST", "/keys", {"name": "k"}, 201)
     dp = DataPlane(build_dir, str(tmp_path), sock, shm)
+    # both workers on a table with the key (each takes tables on its own)
+    hdr = {"Authorization": f"Bearer {key['key']}"}
+    wait_for("the key to be served",
+             lambda: all(dp.json("POST", CHAT, chat("hi"), headers=hdr)[0] == 200
+                         for _ in range(4)), 20)
     yield cp, dp, key
     for p in (dp, cp):
         p.process.kill()
@@ -348,11 +353,13 @@ def test_live_change_and_events(stack):
     def call(text):
         return dp.json("POST", CHAT, chat(text), headers=hdr)
 
-    status, _, _ = call(f"phone {PHONE}")
-    assert status == 200
+    status, _, obj = call(f"phone {PHONE}")
+    assert status == 200, obj
     cp.ok("POST", "/guardrails", GOOD, 201)
     # live: no restart, the next tables carry it
-    wait_for("the guardrail to block", lambda: call(f"phone {PHONE}")[0] == 400, 15)
+    # every worker takes the table on its own: four refusals in a row
+    wait_for("the guardrail to block",
+             lambda: all(call(f"phone {PHONE}")[0] == 400 for _ in range(4)), 15)
     status, headers, obj = call(f"phone {PHONE}")
     assert obj["error"]["code"] == "guardrail_blocked" and '"pii"' in obj["error"]["message"]
     rid = headers.get("x-request-id")
@@ -370,4 +377,5 @@ def test_live_change_and_events(stack):
     assert not any(PHONE in t or EMAIL in t for t in texts)
     # disabled: requests pass again
     cp.ok("PATCH", "/guardrails/pii", {"enabled": False})
-    wait_for("the guardrail to be off", lambda: call(f"phone {PHONE}")[0] == 200, 15)
+    wait_for("the guardrail to be off",
+             lambda: all(call(f"phone {PHONE}")[0] == 200 for _ in range(4)), 15)
