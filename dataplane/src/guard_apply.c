@@ -98,6 +98,7 @@ struct dp_guard_req {
     struct dp_guard_db *in[DP_GUARD_MAX_RAILS], *out[DP_GUARD_MAX_RAILS];
     size_t n;
     uint64_t max_output_chars; /* the smallest of the rails' limits; 0 for none */
+    const char *limit_rail;    /* the guardrail whose limit that is */
     bool has_output;
 
     /* a refusal */
@@ -161,8 +162,10 @@ struct dp_guard_req *dp_guard_begin(struct sy_http_request *req, const struct sy
         g->in[g->n] = r->in;
         g->out[g->n] = r->out;
         uint32_t lim = r->gr->limits.max_output_chars;
-        if (lim && (g->max_output_chars == 0 || lim < g->max_output_chars))
+        if (lim && (g->max_output_chars == 0 || lim < g->max_output_chars)) {
             g->max_output_chars = lim;
+            g->limit_rail = r->gr->name;
+        }
         g->has_output = g->has_output || r->out || lim;
         g->n++;
     }
@@ -558,7 +561,7 @@ enum dp_guard_verdict dp_guard_output_body(struct dp_guard_req *g, struct sy_buf
         v = DP_GUARD_BLOCKED;
     } else if (changed) {
         if (cut)
-            event(g, "%s: truncate max_output_chars (output)", g->rails[0]->gr->name);
+            event(g, "%s: truncate max_output_chars (output)", g->limit_rail);
         char *text = json_dumps(root, JSON_COMPACT);
         if (text) {
             sy_buf_reset(body);
@@ -622,7 +625,7 @@ static void stream_blocked(struct dp_guard_req *g)
 /* The length limit was reached: end the answer as a provider ends one cut by max_tokens. */
 static void stream_limited(struct dp_guard_req *g)
 {
-    event(g, "%s: truncate max_output_chars (output)", g->rails[0]->gr->name);
+    event(g, "%s: truncate max_output_chars (output)", g->limit_rail);
     if (g->api == DP_API_ANTHROPIC) {
         json_t *ev = json_pack("{s:s,s:i}", "type", "content_block_stop", "index",
                                g->block_index < 0 ? 0 : g->block_index);

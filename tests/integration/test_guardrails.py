@@ -146,6 +146,20 @@ def test_keywords_chinese_and_english_caseless(gateway, reset_mock):
         "这是[REDACTED]: [REDACTED] launch"
 
 
+def test_escaped_text_is_scanned_decoded_and_written_back_valid(gateway, reset_mock):
+    mock = reset_mock
+    g = pii("redact")
+    g["input"]["keywords"] = ["绝密"]
+    gw = gateway(guarded_table(mock, [g]))
+    # 绝密 and the phone's first digits as \u escapes; quotes, a backslash and a newline around
+    raw = (b'{"model":"gm","messages":[{"role":"user","content":'
+           b'"\\u7edd\\u5bc6 \\"q\\" \\\\ tel \\u0031\\u0033812345678\\n"}]}')
+    status, _, body = gw.request("POST", CHAT, raw, headers={"Content-Type": "application/json"})
+    assert status == 200, body
+    got = last_upstream_body(mock)["messages"][0]["content"]
+    assert got == '[REDACTED] "q" \\ tel 138****5678\n'
+
+
 def test_guardrail_attached_to_another_model_does_not_apply(gateway, reset_mock):
     mock = reset_mock
     g = pii("block", applies_to={"models": ["other-model"]})
