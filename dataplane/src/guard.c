@@ -36,6 +36,7 @@ struct dp_guard_db {
     uint8_t *act;     /* per pattern id: enum sy_guard_action */
     uint16_t *kw_len; /* per pattern id: a keyword's length (its start is end - length), or 0 */
     bool *no_som;     /* per pattern id: no start of match (the validator finds it) */
+    bool scratch_ok;  /* the process's scratch space fits it (grown on its first scan) */
     struct dp_guard_db *next; /* the cache */
 };
 
@@ -206,10 +207,6 @@ int dp_guard_db_compile(const struct sy_guard_side *side, struct dp_guard_db **o
         hs_free_compile_error(ce);
         goto fail;
     }
-    if (hs_alloc_scratch(db->hs, &scratch) != HS_SUCCESS) {
-        rc = -ENOMEM;
-        goto fail;
-    }
     *out = db;
     db = NULL;
 fail:
@@ -218,7 +215,7 @@ fail:
     return rc;
 }
 
-int dp_guard_db_get(const struct sy_guard_side *side, struct dp_guard_db **out, char **err)
+bool dp_guard_db_lookup(const struct sy_guard_side *side, struct dp_guard_db **out)
 {
     unsigned char h[32];
     side_hash(side, h);
@@ -226,21 +223,55 @@ int dp_guard_db_get(const struct sy_guard_side *side, struct dp_guard_db **out, 
         if (memcmp(db->hash, h, sizeof(h)) == 0) {
             db->refs++;
             *out = db;
-            return 0;
+            return true;
         }
     }
-    int rc = dp_guard_db_compile(side, out, err);
-    if (rc == 0 && *out) {
-        (*out)->next = cache;
-        cache = *out;
+    return false;
+}
+
+struct dp_guard_db *dp_guard_db_adopt(struct dp_guard_db *db)
+{
+    if (!db)
+        return NULL;
+    for (struct dp_guard_db *c = cache; c; c = c->next) {
+        if (c != db && memcmp(c->hash, db->hash, sizeof(db->hash)) == 0) {
+            c->refs++; /* compiled twice meanwhile (two tables in flight): keep the first */
+            dp_guard_db_unref(db);
+            return c;
+        }
     }
+    db->next = cache;
+    cache = db;
+    return db;
+}
+
+int dp_guard_db_get(const struct sy_guard_side *side, struct dp_guard_db **out, char **err)
+{
+    if (dp_guard_db_lookup(side, out))
+        return 0;
+    int rc = dp_guard_db_compile(side, out, err);
+    if (rc == 0)
+        *out = dp_guard_db_adopt(*out);
     return rc;
+}
+
+/* The scratch space is grown for a database on its first scan, on the thread that scans (a
+ * worker's loop): compiling may happen on another thread, scratch allocation may not race. */
+static bool scratch_for(struct dp_guard_db *db)
+{
+    if (db->scratch_ok)
+        return true;
+    if (hs_alloc_scratch(db->hs, &scratch) != HS_SUCCESS)
+        return false;
+    db->scratch_ok = true;
+    return true;
 }
 
 void dp_guard_db_unref(struct dp_guard_db *db)
 {
     if (!db || --db->refs > 0)
         return;
+    /* not in the cache when never adopted: the walk finds nothing */
     for (struct dp_guard_db **pp = &cache; *pp; pp = &(*pp)->next) {
         if (*pp == db) {
             *pp = db->next;
@@ -364,7 +395,7 @@ int dp_guard_scan_text(struct dp_guard_db *const *dbs, size_t n, const char *tex
         hs_stream_t *st = NULL;
         c.db = dbs[i];
         c.rail = (uint16_t)i;
-        if (hs_open_stream(dbs[i]->hs, 0, &st) != HS_SUCCESS)
+        if (!scratch_for(dbs[i]) || hs_open_stream(dbs[i]->hs, 0, &st) != HS_SUCCESS)
             continue;
         hs_scan_stream(st, text, (unsigned)SY_MIN(len, (size_t)UINT32_MAX), 0, scratch, on_match,
                        &c);
@@ -404,7 +435,7 @@ int dp_guard_stream_open(struct dp_guard_stream *s, struct dp_guard_db *const *d
         if (!dbs[i])
             continue;
         hs_stream_t *st;
-        if (hs_open_stream(dbs[i]->hs, 0, &st) != HS_SUCCESS) {
+        if (!scratch_for(dbs[i]) || hs_open_stream(dbs[i]->hs, 0, &st) != HS_SUCCESS) {
             dp_guard_stream_close(s);
             return -ENOMEM;
         }

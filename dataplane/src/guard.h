@@ -41,10 +41,20 @@ struct dp_guard_match {
     uint16_t rail;    /* which database of a dp_guard_scan found it */
 };
 
-/** Compile <side> (borrowed) into a new database with one reference. Returns 0, -EINVAL with
- * *<err> (caller frees) naming the pattern at fault ("regexes[2]: ..."), or -ENOMEM. A side
- * with no detector, keyword or regex gives *<out> = NULL and 0: nothing to scan. */
+/** Compile <side> (borrowed) into a new database with one reference, not in the cache. Returns
+ * 0, -EINVAL with *<err> (caller frees) naming the pattern at fault ("regexes[2]: ..."), or
+ * -ENOMEM. A side with no detector, keyword or regex gives *<out> = NULL and 0: nothing to
+ * scan. Touches no shared state: safe on a thread-pool thread while the loop scans. */
 int dp_guard_db_compile(const struct sy_guard_side *side, struct dp_guard_db **out, char **err);
+
+/** The cached database of a side with the content of <side>: true and one more reference in
+ * *<out>, or false. Loop thread only, as the two below. */
+bool dp_guard_db_lookup(const struct sy_guard_side *side, struct dp_guard_db **out);
+
+/** Put <db> (taken; from dp_guard_db_compile) in the cache and return it; when a database of
+ * the same content got there first, <db> is dropped and that one returned (with a reference).
+ * NULL gives NULL. */
+struct dp_guard_db *dp_guard_db_adopt(struct dp_guard_db *db);
 
 /** The database of <side>, from this process's cache when a side with the same content was
  * compiled before (a republished table does not recompile 10,000 keywords), else compiled.
@@ -157,9 +167,21 @@ struct sy_key;
 struct dp_guard_req;
 
 /** Compile the guardrails of <t> (from the cache where their content is unchanged) and attach
- * them to <t>, freed with it. Called when a worker installs a table, never on the request path.
- * A guardrail that does not compile is logged and left out. */
+ * them to <t>, freed with it, all on the calling thread. A guardrail that does not compile is
+ * logged and left out. A worker uses it for its first table, before it serves. */
 void dp_guard_attach(struct sy_table *t);
+
+/** The same in three steps, so that compiling runs off the loop: dp_guard_prepare() on the loop
+ * takes what the cache has and returns the work left (NULL: <t> has no guardrails, nothing to
+ * do); dp_guard_prepare_work() compiles the rest on any thread (it touches nothing shared);
+ * dp_guard_prepare_finish() on the loop adopts them into the cache, attaches the set to <t>
+ * and frees <p>. dp_guard_prepare_pending() says whether there is any compiling to do at all
+ * (else finish at once). <t> must stay alive throughout. */
+struct dp_guard_prep;
+struct dp_guard_prep *dp_guard_prepare(struct sy_table *t);
+bool dp_guard_prepare_pending(const struct dp_guard_prep *p);
+void dp_guard_prepare_work(struct dp_guard_prep *p);
+void dp_guard_prepare_finish(struct dp_guard_prep *p);
 
 /** The guardrails that apply to a call of <model> (the public model asked for) by key <k> (may
  * be NULL) on <req>'s table, or NULL when none does: the usual, free path. */

@@ -55,33 +55,98 @@ static void set_free(void *p)
     free(s);
 }
 
-void dp_guard_attach(struct sy_table *t)
+/* One side to compile, or taken from the cache. */
+struct prep_side {
+    const struct sy_guard_side *side;
+    struct dp_guard_db *db;
+    bool compile; /* not in the cache: dp_guard_prepare_work() compiles it */
+    int rc;
+    char *err;
+};
+
+struct dp_guard_prep {
+    struct sy_table *t;
+    struct prep_side *sides; /* input and output of each guardrail */
+    uint32_t n_compile;
+    uint64_t t0_ns;
+};
+
+struct dp_guard_prep *dp_guard_prepare(struct sy_table *t)
 {
     if (t->ext || t->n_guardrails == 0)
-        return;
+        return NULL;
+    struct dp_guard_prep *p = sy_xcalloc(1, sizeof(*p));
+    p->t = t;
+    p->t0_ns = sy_now_ns();
+    p->sides = sy_xcalloc(2 * (size_t)t->n_guardrails, sizeof(*p->sides));
+    for (uint32_t i = 0; i < 2 * t->n_guardrails; i++) {
+        struct prep_side *ps = &p->sides[i];
+        ps->side = i % 2 ? &t->guardrails[i / 2].output : &t->guardrails[i / 2].input;
+        ps->compile = !dp_guard_db_lookup(ps->side, &ps->db);
+        p->n_compile += ps->compile;
+    }
+    return p;
+}
+
+bool dp_guard_prepare_pending(const struct dp_guard_prep *p)
+{
+    return p && p->n_compile > 0;
+}
+
+void dp_guard_prepare_work(struct dp_guard_prep *p)
+{
+    for (uint32_t i = 0; i < 2 * p->t->n_guardrails; i++) {
+        struct prep_side *ps = &p->sides[i];
+        if (ps->compile)
+            ps->rc = dp_guard_db_compile(ps->side, &ps->db, &ps->err);
+    }
+}
+
+void dp_guard_prepare_finish(struct dp_guard_prep *p)
+{
+    struct sy_table *t = p->t;
     struct guard_set *s = sy_xcalloc(1, sizeof(*s));
     s->rails = sy_xcalloc(t->n_guardrails, sizeof(*s->rails));
     s->n = t->n_guardrails;
-    uint64_t t0 = sy_now_ns();
     for (uint32_t i = 0; i < t->n_guardrails; i++) {
         struct rail *r = &s->rails[i];
-        char *err = NULL;
+        struct prep_side *in = &p->sides[2 * i], *out = &p->sides[2 * i + 1];
         r->gr = &t->guardrails[i];
-        if (dp_guard_db_get(&r->gr->input, &r->in, &err) < 0 ||
-            dp_guard_db_get(&r->gr->output, &r->out, &err) < 0) {
+        if (in->compile)
+            in->db = dp_guard_db_adopt(in->db);
+        if (out->compile)
+            out->db = dp_guard_db_adopt(out->db);
+        r->in = in->db;
+        r->out = out->db;
+        if (in->rc < 0 || out->rc < 0) {
             /* The admin API compiles every regex before it stores it: this is a table from
              * elsewhere (a file) or another vectorscan. Leaving the guardrail out is logged. */
-            sy_log(SY_LOG_ERROR, "guard", "guardrail \"%s\" does not compile, left out: %s",
-                   r->gr->name, err ? err : "out of memory");
-            free(err);
+            const char *why = in->rc < 0 ? in->err : out->err;
+            sy_log(SY_LOG_ERROR, "guard", "guardrail \"%s\" does not compile, left out: %s%s",
+                   r->gr->name, in->rc < 0 ? "input." : "output.", why ? why : "out of memory");
             r->broken = true;
         }
+        free(in->err);
+        free(out->err);
     }
     t->ext = s;
     t->ext_free = set_free;
-    sy_log(SY_LOG_INFO, "guard", "table version %llu: %u guardrails ready in %llu ms",
-           (unsigned long long)t->version, t->n_guardrails,
-           (unsigned long long)((sy_now_ns() - t0) / 1000000));
+    sy_log(SY_LOG_INFO, "guard",
+           "table version %llu: %u guardrails ready (%u sides compiled) in "
+           "%llu ms",
+           (unsigned long long)t->version, t->n_guardrails, p->n_compile,
+           (unsigned long long)((sy_now_ns() - p->t0_ns) / 1000000));
+    free(p->sides);
+    free(p);
+}
+
+void dp_guard_attach(struct sy_table *t)
+{
+    struct dp_guard_prep *p = dp_guard_prepare(t);
+    if (!p)
+        return;
+    dp_guard_prepare_work(p);
+    dp_guard_prepare_finish(p);
 }
 
 /* ============================================================================================

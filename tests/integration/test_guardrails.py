@@ -393,3 +393,23 @@ def test_live_change_and_events(stack):
     cp.ok("PATCH", "/guardrails/pii", {"enabled": False})
     wait_for("the guardrail to be off",
              lambda: all(call(f"phone {PHONE}")[0] == 200 for _ in range(4)), 15)
+
+
+@pytest.mark.timeout(120)
+def test_a_10k_keyword_list_reaches_the_data_plane_and_blocks(stack):
+    cp, dp, key = stack
+    hdr = {"Authorization": f"Bearer {key['key']}"}
+    words = [f"禁词{i:05d}" if i % 2 else f"banned-word-{i:05d}" for i in range(10000)]
+    cp.ok("POST", "/guardrails", {"name": "deny-list", "applies_to": {"all": True},
+                                  "input": {"keywords": words, "action": "block"}}, 201)
+
+    def call(text):
+        return dp.json("POST", CHAT, chat(text), headers=hdr)
+
+    # the workers compile the list off their loops and switch when it is ready
+    wait_for("the list to block",
+             lambda: all(call("say 禁词09999 please")[0] == 400 for _ in range(4)), 60)
+    status, _, obj = call("BANNED-WORD-00042 is here")
+    assert status == 400 and '"deny-list"' in obj["error"]["message"]
+    assert "00042" not in json.dumps(obj)
+    assert call("banned-word-1000 is not in the list")[0] == 200
