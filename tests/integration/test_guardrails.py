@@ -223,6 +223,33 @@ def test_output_block_mid_stream_ends_with_an_error_event(gateway, reset_mock):
     assert err and err[0]["code"] == "guardrail_blocked" and '"no-bad-words"' in err[0]["message"]
 
 
+def test_output_block_mid_stream_anthropic(gateway, reset_mock):
+    mock = reset_mock
+    mock.config({"content": "one two 4111111111111111 three"})
+    gw = gateway(guarded_table(mock, [pii("block")], fmt="anthropic"))
+    body = {"model": "gm", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with gw.stream(MESSAGES, body) as s:
+        events = s.collect()
+    assert "4111" not in "".join(e.data for e in events)
+    err = [e for e in events if e.event == "error"]
+    assert err and err[0].json()["error"]["type"] == "invalid_request_error"
+    assert '"pii"' in err[0].json()["error"]["message"]
+
+
+def test_stream_translated_from_the_other_api_is_checked_in_the_clients_format(gateway,
+                                                                               reset_mock):
+    mock = reset_mock
+    mock.config({"content": f"write to {EMAIL} today"})
+    # an OpenAI client on an Anthropic deployment: the guardrail sees OpenAI chunks
+    gw = gateway(guarded_table(mock, [pii("redact")], fmt="anthropic"))
+    with gw.stream(CHAT, chat("hi", stream=True, max_tokens=50)) as s:
+        events = s.collect()
+    text, finish = stream_text(events)
+    assert text == "write to [EMAIL] today" and finish == "stop"
+    assert EMAIL not in "".join(e.data for e in events)
+
+
 def test_output_block_in_json_answer(gateway, reset_mock):
     mock = reset_mock
     mock.config({"content": "the card is 4111111111111111"})
