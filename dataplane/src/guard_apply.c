@@ -421,7 +421,11 @@ static size_t utf8_len(const char *s, size_t n)
 static bool check_limits(struct dp_guard_req *g, const struct texts *t)
 {
     uint64_t chars = 0, tokens = 0;
-    for (size_t i = 0; i < t->n + t->n_more; i++) {
+    bool any = false;
+    for (size_t r = 0; r < g->n; r++)
+        any = any || g->rails[r]->gr->limits.max_input_chars ||
+              g->rails[r]->gr->limits.max_input_tokens;
+    for (size_t i = 0; any && i < t->n + t->n_more; i++) {
         json_t *s = texts_at(t, i);
         chars += utf8_len(json_string_value(s), json_string_length(s));
         tokens += dp_estimate_tokens(json_string_value(s), json_string_length(s));
