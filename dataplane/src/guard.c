@@ -32,11 +32,12 @@ struct dp_guard_db {
     uint32_t refs;
     unsigned char hash[32]; /* SHA-256 of what was compiled and the actions */
     uint32_t n_ids;
-    uint8_t *det;     /* per pattern id: enum sy_guard_detector */
-    uint8_t *act;     /* per pattern id: enum sy_guard_action */
-    uint16_t *kw_len; /* per pattern id: a keyword's length (its start is end - length), or 0 */
-    bool *no_som;     /* per pattern id: no start of match (the validator finds it) */
-    bool scratch_ok;  /* the process's scratch space fits it (grown on its first scan) */
+    uint8_t *det;       /* per pattern id: enum sy_guard_detector */
+    uint8_t *act;       /* per pattern id: enum sy_guard_action */
+    uint16_t *kw_len;   /* per pattern id: a keyword's length (its start is end - length), or 0 */
+    bool *no_som;       /* per pattern id: no start of match (the validator finds it) */
+    bool scratch_ok;    /* the process's scratch space fits it (grown on its first scan) */
+    hs_stream_t *block; /* for whole texts: scanned, then reset (no allocation per text) */
     struct dp_guard_db *next; /* the cache */
 };
 
@@ -81,6 +82,8 @@ static void db_free(struct dp_guard_db *db)
 {
     if (!db)
         return;
+    if (db->block)
+        hs_close_stream(db->block, NULL, NULL, NULL);
     hs_free_database(db->hs);
     free(db->det);
     free(db->act);
@@ -392,14 +395,14 @@ int dp_guard_scan_text(struct dp_guard_db *const *dbs, size_t n, const char *tex
     for (size_t i = 0; i < n; i++) {
         if (!dbs[i])
             continue;
-        hs_stream_t *st = NULL;
-        c.db = dbs[i];
+        struct dp_guard_db *db = dbs[i];
+        c.db = db;
         c.rail = (uint16_t)i;
-        if (!scratch_for(dbs[i]) || hs_open_stream(dbs[i]->hs, 0, &st) != HS_SUCCESS)
+        if (!scratch_for(db) || (!db->block && hs_open_stream(db->hs, 0, &db->block) != HS_SUCCESS))
             continue;
-        hs_scan_stream(st, text, (unsigned)SY_MIN(len, (size_t)UINT32_MAX), 0, scratch, on_match,
-                       &c);
-        hs_close_stream(st, scratch, on_match, &c);
+        hs_scan_stream(db->block, text, (unsigned)SY_MIN(len, (size_t)UINT32_MAX), 0, scratch,
+                       on_match, &c);
+        hs_reset_stream(db->block, 0, scratch, on_match, &c); /* end-of-text matches, then reset */
     }
     matches_merge(out);
     return c.worst;
