@@ -233,6 +233,15 @@ static int get_name(struct gdec *g, const msgpack_object *v, const char *const *
     return rc;
 }
 
+/* Whether <v> is one of <names>. */
+static bool known_name(const msgpack_object *v, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (names[i] && str_is(v, names[i]))
+            return true;
+    return false;
+}
+
 /* An array of strings of <min>..<max> bytes, at most <max_n> of them. */
 static int get_strings(struct gdec *g, const msgpack_object *v, uint32_t max_n, size_t min,
                        size_t max, char ***out, uint32_t *n_out)
@@ -283,6 +292,10 @@ static int decode_side(struct gdec *g, const msgpack_object *v, struct sy_guard_
         for (uint32_t i = 0; i < x->via.array.size; i++) {
             size_t m2 = push_index(g, i);
             int d;
+            if (!g->strict && !known_name(&x->via.array.ptr[i], detector_names, SY_GUARD_KEYWORD)) {
+                pop(g, m2); /* a detector of a newer build: this one cannot run it */
+                continue;
+            }
             if ((rc = get_name(g, &x->via.array.ptr[i], detector_names, SY_GUARD_KEYWORD, &d)) < 0)
                 return rc;
             if (s->detectors & (1u << d))
@@ -312,6 +325,8 @@ static int decode_side(struct gdec *g, const msgpack_object *v, struct sy_guard_
         for (uint32_t i = 0; i < x->via.map.size; i++) {
             const msgpack_object_kv *kv = &x->via.map.ptr[i];
             int d, act;
+            if (!g->strict && !known_name(&kv->key, detector_names, SY_GUARD_DETECTOR_MAX))
+                continue; /* the action of a detector this build does not have */
             if ((rc = get_name(g, &kv->key, detector_names, SY_GUARD_DETECTOR_MAX, &d)) < 0)
                 return rc;
             size_t m2 = push_key(g, detector_names[d]);
