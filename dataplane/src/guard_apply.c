@@ -29,6 +29,9 @@
 /* Largest single SSE event of a checked stream (as proxy.c's). */
 #define MAX_EVENT (4u * 1024 * 1024)
 
+/* Choices of a streamed answer checked each on its own (n > this: the stream is refused). */
+#define MAX_CHOICES 8
+
 /* ============================================================================================
  * The compiled guardrails of a table
  * ========================================================================================== */
@@ -171,9 +174,10 @@ struct dp_guard_req {
     const char *code, *param;
     char message[512];
 
-    /* a checked stream */
+    /* a checked stream: one scanner per choice (OpenAI's n), opened as choices appear */
     bool streaming, ended;
-    struct dp_guard_stream st;
+    struct dp_guard_stream st[MAX_CHOICES];
+    bool st_open[MAX_CHOICES];
     struct sy_sse_parser sse;
     struct sy_buf *out_buf;
     enum dp_guard_verdict verdict;
@@ -656,13 +660,13 @@ static void put_data(struct sy_buf *out, const char *event_name, json_t *j)
     free(text);
 }
 
-/* An OpenAI chunk like the last one seen, with one choice: <delta> (taken) and <finish>. */
-static void openai_chunk(struct dp_guard_req *g, json_t *delta, const char *finish)
+/* An OpenAI chunk like the last one seen, with one choice <idx>: <delta> (taken) and <finish>. */
+static void openai_chunk(struct dp_guard_req *g, int idx, json_t *delta, const char *finish)
 {
     json_t *c = g->last_chunk ? json_deep_copy(g->last_chunk)
                               : json_pack("{s:s}", "object", "chat.completion.chunk");
     json_object_del(c, "usage");
-    json_t *choice = json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason",
+    json_t *choice = json_pack("{s:i,s:o,s:o}", "index", idx, "delta", delta, "finish_reason",
                                finish ? json_string(finish) : json_null());
     json_object_set_new(c, "choices", json_pack("[o]", choice));
     put_data(g->out_buf, NULL, c);
@@ -691,8 +695,9 @@ static void stream_blocked(struct dp_guard_req *g)
     g->verdict = DP_GUARD_BLOCKED;
 }
 
-/* The length limit was reached: end the answer as a provider ends one cut by max_tokens. */
-static void stream_limited(struct dp_guard_req *g)
+/* The length limit was reached on choice <idx>: end the answer as a provider ends one cut by
+ * max_tokens (with several choices, the others end there too). */
+static void stream_limited(struct dp_guard_req *g, int idx)
 {
     event(g, "%s: truncate max_output_chars (output)", g->limit_rail);
     if (g->api == DP_API_ANTHROPIC) {
@@ -706,23 +711,58 @@ static void stream_limited(struct dp_guard_req *g)
         json_decref(ev);
         sy_buf_puts(g->out_buf, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
     } else {
-        openai_chunk(g, json_object(), "length");
+        openai_chunk(g, idx, json_object(), "length");
         sy_buf_puts(g->out_buf, "data: [DONE]\n\n");
     }
     g->ended = true;
     g->verdict = DP_GUARD_CHANGED;
 }
 
-/* Feed <text>; the text to emit now is left in <emit>. Returns false when the stream must end
- * (blocked: the error event is written). */
-static bool feed(struct dp_guard_req *g, const char *text, size_t len, bool final,
+/* Feed <text> to the scanner of choice <idx>; the text to emit now is left in <emit>. Returns
+ * false when the stream must end (blocked: the error event is written). */
+static bool feed(struct dp_guard_req *g, int idx, const char *text, size_t len, bool final,
                  struct sy_buf *emit)
 {
-    int worst = dp_guard_stream_feed(&g->st, text, len, final, emit);
-    if (worst == SY_GUARD_BLOCK) {
-        refuse_match(g, &g->st.pending, "answer");
+    if (idx < 0 || idx >= MAX_CHOICES) {
+        refuse(g, "guardrail_blocked", NULL,
+               "Blocked by guardrails: the answer has more choices than they check (%d).",
+               MAX_CHOICES);
         stream_blocked(g);
         return false;
+    }
+    if (!g->st_open[idx]) {
+        if (dp_guard_stream_open(&g->st[idx], g->out, g->n, g->max_output_chars) < 0)
+            SY_REQUIRE(0); /* out of memory: the data plane aborts */
+        g->st_open[idx] = true;
+    }
+    int worst = dp_guard_stream_feed(&g->st[idx], text, len, final, emit);
+    if (worst == SY_GUARD_BLOCK) {
+        refuse_match(g, &g->st[idx].pending, "answer");
+        stream_blocked(g);
+        return false;
+    }
+    return true;
+}
+
+/* Whether choice <idx>'s scanner hit the length limit. */
+static bool limited(const struct dp_guard_req *g, int idx)
+{
+    return idx >= 0 && idx < MAX_CHOICES && g->st_open[idx] && g->st[idx].limited;
+}
+
+/* The end of the answer: every choice's held text goes out, in a chunk of its own. */
+static bool openai_flush(struct dp_guard_req *g)
+{
+    for (int i = 0; i < MAX_CHOICES; i++) {
+        struct sy_buf emit = SY_BUF_INIT;
+        if (!g->st_open[i] || g->st[i].closed)
+            continue;
+        bool ok = feed(g, i, "", 0, true, &emit);
+        if (ok && emit.len)
+            openai_chunk(g, i, json_pack("{s:s%}", "content", emit.data, emit.len), NULL);
+        sy_buf_free(&emit);
+        if (!ok)
+            return false;
     }
     return true;
 }
@@ -741,14 +781,13 @@ static int on_openai(struct dp_guard_req *g, const struct sy_sse_event *ev)
     }
     struct sy_buf emit = SY_BUF_INIT;
     if (done) { /* what is still held goes out before the end */
-        if (feed(g, "", 0, true, &emit)) {
-            if (emit.len)
-                openai_chunk(g, json_pack("{s:s%}", "content", emit.data, emit.len), NULL);
+        if (openai_flush(g))
             sy_buf_append(g->out_buf, ev->raw, ev->raw_len);
-        }
-        sy_buf_free(&emit);
         return g->ended ? 1 : 0;
     }
+    json_t *jidx = json_object_get(choice, "index");
+    int idx =
+        json_is_integer(jidx) ? (int)SY_MIN(json_integer_value(jidx), (json_int_t)INT32_MAX) : 0;
     json_decref(g->last_chunk);
     g->last_chunk = json_incref(root);
     json_t *delta = json_object_get(choice, "delta");
@@ -759,7 +798,7 @@ static int on_openai(struct dp_guard_req *g, const struct sy_sse_event *ev)
     bool final = finish && !json_is_null(finish);
     const char *text = json_is_string(s) ? json_string_value(s) : "";
     size_t len = json_is_string(s) ? json_string_length(s) : 0;
-    if (!feed(g, text, len, final, &emit)) {
+    if (!feed(g, idx, text, len, final, &emit)) {
         json_decref(root);
         sy_buf_free(&emit);
         return 1;
@@ -774,8 +813,8 @@ static int on_openai(struct dp_guard_req *g, const struct sy_sse_event *ev)
     } else {
         sy_buf_append(g->out_buf, ev->raw, ev->raw_len);
     }
-    if (g->st.limited)
-        stream_limited(g);
+    if (limited(g, idx))
+        stream_limited(g, idx);
     json_decref(root);
     sy_buf_free(&emit);
     return g->ended ? 1 : 0;
@@ -795,21 +834,21 @@ static int on_anthropic(struct dp_guard_req *g, const struct sy_sse_event *ev)
         g->block_index = (int)json_integer_value(idx);
 
     if (delta && json_is_string(s)) {
-        if (feed(g, json_string_value(s), json_string_length(s), false, &emit)) {
+        if (feed(g, 0, json_string_value(s), json_string_length(s), false, &emit)) {
             if (emit.len) {
                 json_object_set_new(d, "text", json_stringn(emit.data, emit.len));
                 put_data(g->out_buf, "content_block_delta", root);
             }
-            if (g->st.limited)
-                stream_limited(g);
+            if (limited(g, 0))
+                stream_limited(g, 0);
         }
     } else if (stop || msg_stop) {
         /* the text block ends: what is held goes out in a delta of its own, before the stop */
-        if (feed(g, "", 0, true, &emit)) {
+        if (feed(g, 0, "", 0, true, &emit)) {
             if (emit.len)
                 anthropic_text(g, emit.data, emit.len);
-            if (g->st.limited)
-                stream_limited(g);
+            if (limited(g, 0))
+                stream_limited(g, 0);
             else
                 sy_buf_append(g->out_buf, ev->raw, ev->raw_len);
         }
@@ -837,8 +876,6 @@ enum dp_guard_verdict dp_guard_stream(struct dp_guard_req *g, const char *raw, s
     if (!g->streaming) {
         g->streaming = true;
         sy_sse_init(&g->sse, MAX_EVENT);
-        if (dp_guard_stream_open(&g->st, g->out, g->n, g->max_output_chars) < 0)
-            SY_REQUIRE(0); /* out of memory: the data plane aborts */
     }
     g->out_buf = out;
     if (sy_sse_feed(&g->sse, raw, len, on_event, g) == -EMSGSIZE) {
@@ -851,18 +888,18 @@ enum dp_guard_verdict dp_guard_stream(struct dp_guard_req *g, const char *raw, s
 
 void dp_guard_stream_end(struct dp_guard_req *g, struct sy_buf *out)
 {
-    if (!g || !g->streaming || g->ended || g->st.closed)
+    if (!g || !g->streaming || g->ended)
         return;
-    struct sy_buf emit = SY_BUF_INIT;
     g->out_buf = out;
-    if (feed(g, "", 0, true, &emit) && emit.len) {
-        if (g->api == DP_API_ANTHROPIC)
+    if (g->api == DP_API_ANTHROPIC) {
+        struct sy_buf emit = SY_BUF_INIT;
+        if (g->st_open[0] && !g->st[0].closed && feed(g, 0, "", 0, true, &emit) && emit.len)
             anthropic_text(g, emit.data, emit.len);
-        else
-            openai_chunk(g, json_pack("{s:s%}", "content", emit.data, emit.len), NULL);
+        sy_buf_free(&emit);
+    } else {
+        openai_flush(g);
     }
     g->out_buf = NULL;
-    sy_buf_free(&emit);
 }
 
 void dp_guard_end(struct dp_guard_req *g)
@@ -870,8 +907,16 @@ void dp_guard_end(struct dp_guard_req *g)
     if (!g)
         return;
     if (g->streaming) {
-        events_from(g, g->st.pending.seen, "output");
-        dp_guard_stream_close(&g->st);
+        uint32_t seen[DP_GUARD_MAX_RAILS] = {0};
+        for (int i = 0; i < MAX_CHOICES; i++) {
+            if (!g->st_open[i])
+                continue;
+            for (size_t r = 0; r < DP_GUARD_MAX_RAILS; r++)
+                seen[r] |= g->st[i].pending.seen[r];
+            dp_guard_stream_close(&g->st[i]);
+            g->st_open[i] = false;
+        }
+        events_from(g, seen, "output");
         sy_sse_free(&g->sse);
         g->streaming = false;
     }
