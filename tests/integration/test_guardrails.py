@@ -440,3 +440,57 @@ def test_a_10k_keyword_list_reaches_the_data_plane_and_blocks(stack):
     assert status == 400 and '"deny-list"' in obj["error"]["message"]
     assert "00042" not in json.dumps(obj)
     assert call("banned-word-1000 is not in the list")[0] == 200
+
+
+def test_a_stream_of_two_choices_is_checked_choice_by_choice(gateway):
+    """The mock streams one choice; this upstream streams two, interleaved, with an email split
+    across two events of choice 1."""
+    import http.server
+    import threading
+
+    chunks = [(0, "one "), (1, "mail bob@exa"), (0, "two "), (1, "mple.com ok"), (0, "three")]
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            out = []
+            for i, text in chunks:
+                out.append({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                            "choices": [{"index": i, "delta": {"content": text},
+                                         "finish_reason": None}]})
+            for i in (0, 1):
+                out.append({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                            "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]})
+            body = "".join(f"data: {json.dumps(c)}\n\n" for c in out) + "data: [DONE]\n\n"
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        class Up:
+            url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        gw = gateway(guarded_table(Up, [pii("redact")]))
+        with gw.stream(CHAT, chat("hi", stream=True, n=2)) as s:
+            events = s.collect()
+        texts, finishes = {0: "", 1: ""}, {}
+        for ev in events:
+            if ev.done:
+                continue
+            for ch in ev.json()["choices"]:
+                texts[ch["index"]] += (ch.get("delta") or {}).get("content") or ""
+                if ch.get("finish_reason"):
+                    finishes[ch["index"]] = ch["finish_reason"]
+        assert texts == {0: "one two three", 1: "mail [EMAIL] ok"}, texts
+        assert finishes == {0: "stop", 1: "stop"} and events[-1].done
+    finally:
+        srv.shutdown()
