@@ -11,9 +11,9 @@
  *
  * Streams: each content delta of the answer (OpenAI choices[i].delta.content or .text, each
  * choice on its own; Anthropic text_delta) is written to one vectorscan stream per guardrail, so
- * a match split across two events is found; the last DP_GUARD_HOLD bytes are held back until more text comes
- * or the text ends (finish_reason, content_block_stop, [DONE]), when they go out, redacted, in
- * the event that ends the text or in one made for them. */
+ * a match split across two events is found; the last DP_GUARD_HOLD bytes are held back until more
+ * text comes or the text ends (finish_reason, content_block_stop, [DONE]), when they go out,
+ * redacted, in the event that ends the text or in one made for them. */
 
 #include <errno.h>
 #include <stdio.h>
