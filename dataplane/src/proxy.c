@@ -4,13 +4,16 @@
  * usage), sent upstream, and its answer relayed: buffered for JSON, event by event for SSE. */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "budget.h"
 #include "rewrite.h"
 #include "worker.h"
 #include "sy/log.h"
@@ -137,6 +140,7 @@ struct proxy {
     struct dp_usage usage;  /* what the provider reported for the answer */
     uint64_t first_ns;      /* when the client got its first byte (head) */
     bool cut;               /* a stream ended by an error after content went out */
+    bool budget_charged;    /* the answer's cost is in the key's budgets */
 
     /* guardrails (guard.h): NULL when none applies to the call */
     struct dp_guard_req *guard;
@@ -298,6 +302,47 @@ static bool key_allows(struct sy_http_request *req, const struct sy_key *k, cons
         return true;
     api_error(req, 403, "permission_denied", "model_not_allowed", "model",
                        "This API key is not allowed to use the model `%.*s`.", (int)len, model);
+    return false;
+}
+
+/* Count the cost of the answer of deployment <d> into the key's budgets, once: before a
+ * buffered answer goes out, so that a request the client sends after reading it sees its cost;
+ * at the end of the request otherwise (streams, failures). */
+static void charge_budgets(struct proxy *p, const struct sy_deployment *d)
+{
+    if (p->budget_charged)
+        return;
+    p->budget_charged = true;
+    dp__budget_charge(p->w, p->t, p->key,
+                      dp__gov_cost(d, p->usage.prompt_tokens, p->usage.completion_tokens),
+                      p->req ? p->req->id : NULL);
+}
+
+/* The budgets covering key <k> (may be NULL) of table <t>: when one is exhausted, answer 429 in
+ * the client's API shape, naming the budget and when it resets, and return false. */
+static bool budgets_admit(struct sy_http_request *req, const struct sy_table *t,
+                          const struct sy_key *k)
+{
+    const struct sy_budget *b = NULL;
+    uint64_t reset_ms = 0;
+    if (dp__budget_admits(dp__req_worker(req), t, k, req->id, &b, &reset_ms))
+        return true;
+    uint64_t now = dp_budget_now_ms();
+    uint64_t secs = reset_ms > now ? (reset_ms - now + 999) / 1000 : 1;
+    char extra[48], at[32], amount[32];
+    snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", secs);
+    time_t rs = (time_t)(reset_ms / 1000);
+    struct tm tm;
+    gmtime_r(&rs, &tm);
+    strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    api_error_h(req, extra, 429, "insufficient_quota", "budget_exceeded", NULL,
+                "The spend budget `%s` of this API key is exhausted (%s per %s). It resets at %s, "
+                "in %" PRIu64 " s.",
+                b->name, dp_budget_amount(b->amount_micros, amount),
+                b->period == SY_BUDGET_DAY    ? "day"
+                : b->period == SY_BUDGET_WEEK ? "week"
+                                              : "month",
+                at, secs);
     return false;
 }
 
@@ -854,6 +899,8 @@ static void relay_final(struct proxy *p, enum dp_upstream_error err, const char 
     add_trace_headers(p, &headers);
     const char *ctype = p->ctype ? p->ctype : "application/json";
     int status = p->status;
+    if (status >= 200 && status < 300 && p->n_trace) /* the last attempt answered */
+        charge_budgets(p, &p->t->deployments[p->trace[p->n_trace - 1].dep]);
     if (status >= 200 && status < 300 && dp_guard_has_output(p->guard) &&
         dp_guard_output_body(p->guard, &body) == DP_GUARD_BLOCKED) {
         proxy_release(p);
@@ -1498,6 +1545,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                                                ? (uint32_t)SY_MIN(json_integer_value(jmax),
                                                                   1u << 24)
                                                : 0);
+    if (!budgets_admit(req, p->t, key)) {
+        json_decref(root);
+        return;
+    }
     uint32_t key_wait;
     const char *key_limit = NULL;
     if (!dp__gov_key_admits(p->w, key, m, p->est_cost_tokens, &p->key_grant, &key_wait,
@@ -1578,6 +1629,7 @@ void dp__proxy_request_done(struct sy_http_request *req)
     dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
                     p->usage.completion_tokens, now - req->start_ns,
                     p->first_ns ? p->first_ns - req->start_ns : 0);
+    charge_budgets(p, d);
     req->handler = NULL;
 }
 

@@ -109,6 +109,10 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
 /** Requests in flight on <d> across the node; its recent time to first byte (µs). */
 uint64_t dp__gov_inflight(struct dp_worker *w, const struct sy_deployment *d);
 uint64_t dp__gov_ttfb_us(struct dp_worker *w, const struct sy_deployment *d);
+/** The cost in millionths of the price currency of <prompt_tokens> and <completion_tokens> at
+ * deployment <d>'s prices (0 for a NULL <d>). */
+uint64_t dp__gov_cost(const struct sy_deployment *d, uint64_t prompt_tokens,
+                      uint64_t completion_tokens);
 /** A model call ended with <o>: count it on its public model <m>, its client key <k> and the
  * deployment <d> that answered (each may be NULL), with the tokens the provider reported and
  * their cost at <d>'s prices, the whole duration and the time to the client's first byte. */

@@ -224,6 +224,28 @@ struct sy_key {
     uint32_t tpm;       /* tokens per minute; 0 = no limit */
     struct sy_key_limit *model_limits; /* sorted by model name; NULL when none */
     uint32_t n_model_limits;
+    uint32_t *budgets; /* indices into the table's budgets of those that cover the key */
+    uint32_t n_budgets;
+};
+
+/** Calendar periods of a spend budget. */
+enum sy_budget_period {
+    SY_BUDGET_DAY = 0,
+    SY_BUDGET_WEEK, /* Monday to Monday */
+    SY_BUDGET_MONTH,
+    SY_BUDGET_PERIOD_MAX,
+};
+
+/** A spend budget: the keys it covers list it (struct sy_key's budgets). The period's bounds
+ * and spend are in shared memory (struct sy_shm_budget at <slot>), because they move without a
+ * config change; the table holds what an operator set. */
+struct sy_budget {
+    char *name;
+    uint64_t id;            /* the control plane's id: owner of the shared-memory slot */
+    uint32_t slot;          /* index in the segment's budgets */
+    uint64_t amount_micros; /* the hard limit, in millionths of the price currency (> 0) */
+    uint32_t soft_percent;  /* an event when the spend crosses this share (1..100) */
+    enum sy_budget_period period;
 };
 
 /* ---- guardrails ------------------------------------------------------------------------------ */
@@ -304,6 +326,8 @@ struct sy_table {
     struct sy_key *keys; /* sorted by hash, for binary search */
     uint32_t n_keys;
     uint32_t nodes; /* live nodes the limits above were divided by (their share); 0 or 1: one */
+    struct sy_budget *budgets; /* decoded before the keys, which refer to them by name */
+    uint32_t n_budgets;
     struct sy_guardrail *guardrails; /* in the control plane's order (by id) */
     uint32_t n_guardrails;
     /* State a plane derives from the table and frees with it (the data plane's compiled
