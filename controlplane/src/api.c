@@ -28,6 +28,7 @@ static const struct cp_resource *const resources[] = {
     &cp_api_usage,     &cp_api_events,      &cp_api_audit,
     &cp_api_alert_channels, &cp_api_alert_rules, &cp_api_alerts, &cp_api_alert_deliveries,
     &cp_api_budgets,
+    &cp_api_guardrails,
     &cp_api_requests,
 };
 

@@ -146,6 +146,7 @@ extern const struct cp_resource cp_api_alert_deliveries;
 extern const struct cp_resource cp_api_requests;
 extern const struct cp_resource cp_api_audit;
 extern const struct cp_resource cp_api_budgets;
+extern const struct cp_resource cp_api_guardrails;
 
 /* ---- api_audit.c: the audit log ------------------------------------------------------------ */
 

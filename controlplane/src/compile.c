@@ -59,6 +59,8 @@ const char cp__compile_sql[] =
     "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm, 'model_limits', k.model_limits,"
     "   'log_bodies', k.log_bodies)"
     "   ORDER BY k.id) FROM api_keys k WHERE NOT k.revoked), '[]'),"
+    " 'guardrails', coalesce((SELECT json_agg(g.spec || jsonb_build_object('id', g.id,"
+    "   'name', g.name) ORDER BY g.id) FROM guardrails g WHERE g.enabled), '[]'),"
     " 'budgets', coalesce((SELECT json_agg(json_build_object("
     "   'id', b.id, 'name', b.name, 'slot', b.slot, 'scope', b.scope, 'subject', b.subject,"
     "   'amount_micros', (b.amount * 1000000)::bigint, 'soft_percent', b.soft_percent,"
@@ -495,6 +497,34 @@ static int read_keys(struct build *b, json_t *doc, char **err)
     return 0;
 }
 
+/* The enabled guardrails, read by the routing table's own strict reader (sy_guardrail_check_json,
+ * as the admin API checked them). Attachments stay as written: a model or key a guardrail names
+ * that does not exist (any more) matches no request. A row that does not read is left out and
+ * logged, like any problem confined to one row. */
+static void read_guardrails(struct build *b, json_t *doc)
+{
+    json_t *arr = json_object_get(doc, "guardrails"), *row;
+    size_t i;
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return;
+    struct sy_table *t = b->t;
+    t->guardrails = sy_xcalloc(json_array_size(arr), sizeof(*t->guardrails));
+    json_array_foreach(arr, i, row)
+    {
+        char *text = json_dumps(row, JSON_COMPACT), *err = NULL;
+        if (text && sy_guardrail_check_json(text, strlen(text), &t->guardrails[t->n_guardrails],
+                                            &err, NULL) == 0) {
+            t->n_guardrails++;
+        } else {
+            sy_log(SY_LOG_ERROR, "compile", "guardrail \"%s\" left out: %s",
+                   json_string_value(json_object_get(row, "name")), err ? err : "out of memory");
+            b->problems++;
+        }
+        free(err);
+        free(text);
+    }
+}
+
 /* The enabled budgets, and on each key the budgets that cover it: its own (by id), its agent's
  * and its user's. A key covered by nothing has none, so the data plane's check costs nothing. */
 static int read_budgets(struct build *b, json_t *doc, char **err)
@@ -615,6 +645,7 @@ int cp__compile_document_mode(const char *json, size_t len, const struct cp_cryp
         (rc = read_models(&b, doc, err)) < 0 || (rc = read_keys(&b, doc, err)) < 0 ||
         (rc = read_budgets(&b, doc, err)) < 0)
         goto fail;
+    read_guardrails(&b, doc);
 
     sy_table_encode(b.t, &bytes);
     /* The proof: the same decoder as the data plane's. */
@@ -628,6 +659,7 @@ int cp__compile_document_mode(const char *json, size_t len, const struct cp_cryp
     out->n_deployments = b.t->n_deployments;
     out->n_models = b.t->n_models;
     out->n_keys = b.t->n_keys;
+    out->n_guardrails = b.t->n_guardrails;
     out->n_problems = b.problems;
     out->bytes = sy_buf_steal(&bytes, &out->len);
     rc = 0;

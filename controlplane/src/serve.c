@@ -562,7 +562,8 @@ int cp_serve(int argc, char **argv)
 
     struct sy_http_limits limits;
     sy_http_limits_default(&limits);
-    limits.max_body_bytes = 4 * 1024 * 1024;
+    /* 8 MiB: a guardrail of 10,000 keywords of 256 bytes, even written with \u escapes */
+    limits.max_body_bytes = 8 * 1024 * 1024;
     sy_http_server_init(&cp->http, &cp->loop, &limits);
     cp->http.data = cp;
     cp->http.on_request = cp__api_request;

@@ -22,6 +22,7 @@
 #include "sy/util.h"
 #include "classify.h"
 #include "govern.h"
+#include "guard.h"
 #include "translate.h"
 #include "upstream.h"
 
@@ -141,6 +142,10 @@ struct proxy {
     bool cut;               /* a stream ended by an error after content went out */
     bool budget_charged;    /* the answer's cost is in the key's budgets */
     struct sy_buf log_resp; /* the response as sent, for the request log (opted-in keys) */
+
+    /* guardrails (guard.h): NULL when none applies to the call */
+    struct dp_guard_req *guard;
+    enum dp_guard_verdict guard_stop; /* an output guardrail ended the stream */
 };
 
 static void next_attempt(struct proxy *p);
@@ -434,6 +439,7 @@ static void proxy_release(struct proxy *p)
     }
     json_decref(p->root);
     p->root = NULL;
+    dp_guard_end(p->guard);
     if (p->timer) {
         p->timer->p = NULL; /* its callback frees it */
         uv_timer_stop(&p->timer->t);
@@ -674,9 +680,8 @@ static bool is_anthropic_content(const struct sy_sse_event *ev)
     return false;
 }
 
-static int on_event(void *ud, const struct sy_sse_event *ev)
+static int relay_event(struct proxy *p, const struct sy_sse_event *ev)
 {
-    struct proxy *p = ud;
     if (p->tr_active) {
         if (dp_tr_stream_event(&p->tr, ev, &p->body) < 0)
             return -EPROTO;
@@ -702,6 +707,32 @@ static int on_event(void *ud, const struct sy_sse_event *ev)
     return 0;
 }
 
+/* Output guardrails see the events as the client will, after any translation: what the relay
+ * appended to p->body from <mark> on is replaced by what they let through. */
+static int guard_events(struct proxy *p, size_t mark)
+{
+    struct sy_buf checked = SY_BUF_INIT;
+    enum dp_guard_verdict v =
+        dp_guard_stream(p->guard, p->body.data + mark, p->body.len - mark, &checked);
+    p->body.len = mark;
+    sy_buf_append(&p->body, checked.data ? checked.data : "", checked.len);
+    sy_buf_free(&checked);
+    if (v == DP_GUARD_PASS)
+        return 0;
+    p->guard_stop = v;
+    return 1; /* stops the parser: nothing after this goes out */
+}
+
+static int on_event(void *ud, const struct sy_sse_event *ev)
+{
+    struct proxy *p = ud;
+    size_t mark = p->body.len;
+    int r = relay_event(p, ev);
+    if (r == 0 && dp_guard_has_output(p->guard))
+        r = guard_events(p, mark);
+    return r;
+}
+
 /* The client cannot be written to any more: give up the call. */
 static void client_gone(struct proxy *p, struct dp_upstream *u)
 {
@@ -711,6 +742,31 @@ static void client_gone(struct proxy *p, struct dp_upstream *u)
     attempt_end(p, DP_OUT_CANCELLED);
     proxy_release(p);
     sy_http_resp_abort(req);
+}
+
+/* An output guardrail ended the stream: blocked (an error event ends p->body) or cut at the
+ * length limit (the answer's own ending does). What is there goes out; the upstream is dropped.
+ * A stream blocked before anything was sent gets a plain 400 instead. */
+static void guard_stream_stop(struct proxy *p, struct dp_upstream *u)
+{
+    struct sy_http_request *req = p->req;
+    dp_upstream_cancel(u);
+    p->up = NULL;
+    attempt_end(p, DP_OUT_SUCCESS); /* the deployment did its part */
+    if (!p->committed && p->guard_stop == DP_GUARD_BLOCKED) {
+        proxy_release(p);
+        dp_guard_error(p->guard, NULL);
+        return;
+    }
+    if (!p->committed && stream_commit(p) < 0) {
+        proxy_release(p);
+        sy_http_resp_abort(req);
+        return;
+    }
+    if (p->body.len)
+        sy_http_resp_write(req, p->body.data, p->body.len);
+    proxy_release(p);
+    sy_http_resp_end(req);
 }
 
 static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t len)
@@ -736,6 +792,10 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
         dp_upstream_cancel(u);
         p->up = NULL;
         attempt_failed_or_cut(p, DP_UE_PROTOCOL, "an event of the stream is too large");
+        return;
+    }
+    if (p->guard_stop != DP_GUARD_PASS) {
+        guard_stream_stop(p, u);
         return;
     }
     if (!p->committed) {
@@ -842,6 +902,14 @@ static void relay_final(struct proxy *p, enum dp_upstream_error err, const char 
     int status = p->status;
     if (status >= 200 && status < 300 && p->n_trace) /* the last attempt answered */
         charge_budgets(p, &p->t->deployments[p->trace[p->n_trace - 1].dep]);
+    if (status >= 200 && status < 300 && dp_guard_has_output(p->guard) &&
+        dp_guard_output_body(p->guard, &body) == DP_GUARD_BLOCKED) {
+        proxy_release(p);
+        dp_guard_error(p->guard, headers.len ? headers.data : NULL);
+        sy_buf_free(&body);
+        sy_buf_free(&headers);
+        return;
+    }
     proxy_release(p);
     /* The arena (and ctype in it) lives until the request ends inside sy_http_resp_send. */
     sy_http_resp_send(req, status, ctype, headers.len ? headers.data : NULL,
@@ -964,11 +1032,15 @@ static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
         return;
     }
     if (p->sse) {
+        size_t mark = p->body.len;
         /* A stream that ends without its final blank line: pass the tail on as it is. */
         if (sy_sse_pending(&p->sse_parser) && !p->tr_active)
             sy_buf_append(&p->body, p->sse_parser.pending.data, p->sse_parser.pending.len);
         if (p->tr_active)
             dp_tr_stream_end(&p->tr, &p->body);
+        if (dp_guard_has_output(p->guard) && p->guard_stop == DP_GUARD_PASS &&
+            guard_events(p, mark) == 0)
+            dp_guard_stream_end(p->guard, &p->body);
         attempt_end(p, DP_OUT_SUCCESS);
         if (!p->committed && stream_commit(p) < 0) {
             proxy_release(p);
@@ -1338,6 +1410,32 @@ static void route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
     }
 }
 
+/* Input guardrails on the parsed request <root> (taken when refused): false when the call was
+ * refused (answered); a body they changed (redacted, max_tokens capped) becomes the request's
+ * body, which the rewrite and the translation start from. */
+static bool guard_input(struct proxy *p, json_t *root, uint32_t model)
+{
+    struct sy_http_request *req = p->req;
+    enum dp_guard_verdict v = dp_guard_input(p->guard, root);
+    if (v == DP_GUARD_BLOCKED) {
+        p->chain[0] = model; /* counted on its model with the outcome "guardrail" */
+        p->n_chain = 1;
+        p->root = root;
+        req->handler = p;
+        proxy_release(p);
+        dp_guard_error(p->guard, NULL);
+        return false;
+    }
+    if (v == DP_GUARD_CHANGED) {
+        char *text = json_dumps(root, JSON_COMPACT);
+        SY_REQUIRE(text);
+        sy_buf_reset(&req->body);
+        sy_buf_puts(&req->body, text);
+        free(text);
+    }
+    return true;
+}
+
 static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
 {
     const struct sy_key *key;
@@ -1427,6 +1525,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     p->client_model =
         sy_arena_strndup(&req->arena, json_string_value(jmodel), json_string_length(jmodel));
     p->client_usage = json_is_true(json_object_get(jso, "include_usage"));
+    p->guard = dp_guard_begin(req, m, key, p->api);
+    if (p->guard && !guard_input(p, root, (uint32_t)(m - p->t->models)))
+        return;
+    jmax = json_object_get(root, "max_tokens"); /* a guardrail may have capped it */
 
     /* Routing rules look at the request only when the model has some: the parse of messages
      * and the classifier cost nothing otherwise. */
@@ -1507,7 +1609,9 @@ void dp__proxy_request_done(struct sy_http_request *req)
     int st = req->resp_status;
     if (p->n_trace)
         d = &p->t->deployments[p->trace[p->n_trace - 1].dep];
-    if (p->cut)
+    if (dp_guard_blocked(p->guard))
+        o = SY_OUTCOME_GUARDRAIL;
+    else if (p->cut)
         o = SY_OUTCOME_STREAM_CUT;
     else if (st == 0 || !req->resp_done)
         o = SY_OUTCOME_CANCELLED;

@@ -38,6 +38,9 @@ struct dp_worker {
         double requests, retries; /* halved every 5 s */
         uint64_t at_ms;
     } budget;
+    uint64_t table_seq;     /* tables handed to dp__worker_set_table, in order */
+    uint64_t installed_seq; /* the one serving (a table whose guardrails compile later than a
+                             * newer one's is dropped) */
 };
 
 /** The worker a request arrived on. */
@@ -53,7 +56,8 @@ static inline const struct sy_table *dp__req_table(const struct sy_http_request 
 }
 
 /** Make <t> (takes the reference) the table new requests begin on; the old one is freed when
- * the last request holding it ends. */
+ * the last request holding it ends. When <t> has guardrails to compile, that happens on the
+ * thread pool first and the switch follows (the current table serves meanwhile). */
 void dp__worker_set_table(struct dp_worker *w, struct sy_table *t);
 
 /* ---- governor.c: the node-wide governance state ------------------------------------------- */

@@ -1824,6 +1824,9 @@ static void table_free(struct sy_table *t)
     for (uint32_t i = 0; i < t->n_budgets; i++)
         free(t->budgets[i].name);
     free(t->budgets);
+    sy__guardrails_free(t);
+    if (t->ext_free)
+        t->ext_free(t->ext);
     free(t);
 }
 
@@ -2250,6 +2253,11 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     if (v && (rc = get_u32_range(d, v, 1, 65536, &td->t->nodes)) < 0)
         return rc;
     path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "guardrails", &v)) < 0)
+        return rc;
+    if (v && (rc = sy__guardrails_decode(td->t, v, d->err)) < 0)
+        return rc;
 
     if ((rc = map_get(d, root, "request_log", &v)) < 0)
         return rc;
@@ -2679,7 +2687,8 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 8 + (t->nodes > 1) + (t->request_log != SY_REQUEST_LOG_OFF));
+    msgpack_pack_map(&pk, 8 + (t->nodes > 1) + (t->n_guardrails > 0) +
+                              (t->request_log != SY_REQUEST_LOG_OFF));
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -2710,6 +2719,10 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     if (t->nodes > 1) {
         pack_cstr(&pk, "nodes");
         msgpack_pack_uint32(&pk, t->nodes);
+    }
+    if (t->n_guardrails > 0) {
+        pack_cstr(&pk, "guardrails");
+        sy__guardrails_pack(&pk, t);
     }
     if (t->request_log != SY_REQUEST_LOG_OFF) {
         pack_cstr(&pk, "request_log");
