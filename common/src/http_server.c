@@ -376,8 +376,19 @@ int sy_http_resp_start(struct sy_http_request *req, const struct sy_http_resp_he
     return conn_write(c, &b, 1);
 }
 
+/* Keep a copy of <n> bytes of response body for the handler, if it asked (req->capture). */
+static void capture(struct sy_http_request *req, const char *data, size_t n)
+{
+    if (!req->capture || !n)
+        return;
+    req->capture_total += n;
+    if (req->capture->len < req->capture_max)
+        sy_buf_append(req->capture, data, SY_MIN(n, req->capture_max - req->capture->len));
+}
+
 int sy_http_resp_write(struct sy_http_request *req, const char *data, size_t n)
 {
+    capture(req, data, n);
     struct sy_http_conn *c = req->conn;
     if (n == 0)
         return c->write_bytes > BACKPRESSURE_MARK;
@@ -437,6 +448,8 @@ void sy_http_resp_send(struct sy_http_request *req, int status, const char *cont
     uv_buf_t b[2] = {uv_buf_init(c->out.data, (unsigned)c->out.len),
                      uv_buf_init((char *)body, (unsigned)len)};
     bool head_only = req->method == HTTP_HEAD;
+    if (!head_only)
+        capture(req, body, len);
     if (conn_write(c, b, head_only || len == 0 ? 1 : 2) < 0) {
         /* The handler is ending the request itself: no abort call back into it. */
         req->on_abort = NULL;

@@ -78,19 +78,27 @@ int sy_shm_layout(struct sy_shm_caps *caps, struct sy_shm_header *h, char **err)
         caps->event_cells = SY_SHM_DEFAULT_EVENTS;
     if (!caps->max_budgets)
         caps->max_budgets = SY_SHM_DEFAULT_BUDGETS;
+    if (!caps->combo_cells)
+        caps->combo_cells = SY_SHM_DEFAULT_COMBOS;
+    if (!caps->reqlog_cells)
+        caps->reqlog_cells = SY_SHM_DEFAULT_REQLOG;
     /* Bounds that keep every size below far from overflow and the segment sane. */
     if (caps->max_workers > 4096 || caps->max_deployments > (1u << 20) ||
         caps->max_models > (1u << 20) || caps->max_keys > (1u << 22) ||
         caps->key_model_entries > (1u << 24) || caps->event_cells > (1u << 24) ||
+        caps->combo_cells > (1u << 22) || caps->reqlog_cells > (1u << 22) ||
         caps->max_budgets > (1u << 20))
         return say(err, -EINVAL,
                    "shared memory capacities too large: workers=%u deployments=%u models=%u "
-                   "keys=%u key_models=%u events=%u budgets=%u (at most 4096, 2^20, 2^20, 2^22, "
-                   "2^24, 2^24, 2^20)",
+                   "keys=%u key_models=%u events=%u combos=%u request_log=%u budgets=%u (at "
+                   "most 4096, 2^20, 2^20, 2^22, 2^24, 2^24, 2^22, 2^22, 2^20)",
                    caps->max_workers, caps->max_deployments, caps->max_models, caps->max_keys,
-                   caps->key_model_entries, caps->event_cells, caps->max_budgets);
+                   caps->key_model_entries, caps->event_cells, caps->combo_cells,
+                   caps->reqlog_cells, caps->max_budgets);
     caps->key_model_entries = pow2_at_least(caps->key_model_entries);
     caps->event_cells = pow2_at_least(caps->event_cells < 2 ? 2 : caps->event_cells);
+    caps->combo_cells = pow2_at_least(caps->combo_cells);
+    caps->reqlog_cells = pow2_at_least(caps->reqlog_cells < 2 ? 2 : caps->reqlog_cells);
 
     memset(h, 0, sizeof(*h));
     h->version = SY_SHM_VERSION;
@@ -110,6 +118,11 @@ int sy_shm_layout(struct sy_shm_caps *caps, struct sy_shm_header *h, char **err)
     h->off_events = off;
     off = align64(off + sizeof(struct sy_shm_event_ring) +
                   (uint64_t)caps->event_cells * sizeof(struct sy_shm_event_cell));
+    h->off_combos = off;
+    off = align64(off + ((uint64_t)caps->combo_cells + 1) * sizeof(struct sy_shm_combo));
+    h->off_reqlog = off;
+    off = align64(off + sizeof(struct sy_shm_reqlog_ring) +
+                  (uint64_t)caps->reqlog_cells * sizeof(struct sy_shm_reqlog_cell));
     h->off_shards = off;
     h->shard_off_models = (uint64_t)caps->max_deployments * sizeof(struct sy_shm_obj_counters);
     h->shard_off_keys =
@@ -136,6 +149,10 @@ static void bind(struct sy_shm *shm, const struct sy_shm_header *h)
     shm->ring = (struct sy_shm_event_ring *)(void *)(shm->base + h->off_events);
     shm->cells = (struct sy_shm_event_cell *)(void *)(shm->base + h->off_events +
                                                       sizeof(struct sy_shm_event_ring));
+    shm->combos = (struct sy_shm_combo *)(void *)(shm->base + h->off_combos);
+    shm->reqlog = (struct sy_shm_reqlog_ring *)(void *)(shm->base + h->off_reqlog);
+    shm->reqlog_cells = (struct sy_shm_reqlog_cell *)(void *)(shm->base + h->off_reqlog +
+                                                              sizeof(struct sy_shm_reqlog_ring));
     shm->shards = shm->base + h->off_shards;
     shm->shard_stride = h->shard_stride;
     shm->shard_off_models = h->shard_off_models;
@@ -218,6 +235,8 @@ int sy_shm_create(const char *path, const struct sy_shm_caps *caps, struct sy_sh
     bind(shm, &h);
     for (uint32_t i = 0; i < c.event_cells; i++)
         atomic_init(&shm->cells[i].seq, i);
+    for (uint32_t i = 0; i < c.reqlog_cells; i++)
+        atomic_init(&shm->reqlog_cells[i].seq, i);
     atomic_store_explicit(&hdr->magic, SY_SHM_MAGIC, memory_order_release);
 
     if (rename(tmp, path) == -1) {
@@ -308,7 +327,8 @@ int sy_shm_attach(const char *path, bool writable, struct sy_shm **out, char **e
     char *lerr = NULL;
     if (sy_shm_layout(&caps, &want, &lerr) < 0 || memcmp(&caps, &hdr->caps, sizeof(caps)) != 0 ||
         want.size != hdr->size || want.off_shards != hdr->off_shards ||
-        want.off_events != hdr->off_events || want.shard_stride != hdr->shard_stride ||
+        want.off_events != hdr->off_events || want.off_combos != hdr->off_combos ||
+        want.off_reqlog != hdr->off_reqlog || want.shard_stride != hdr->shard_stride ||
         want.off_workers != hdr->off_workers || want.off_deployments != hdr->off_deployments ||
         want.off_models != hdr->off_models || want.off_keys != hdr->off_keys ||
         want.off_key_models != hdr->off_key_models ||
@@ -428,6 +448,87 @@ struct sy_shm_key_model *sy_shm_key_model(struct sy_shm *shm, uint32_t key_slot,
             return e;
     }
     return NULL;
+}
+
+/* Pack three slots into a combination tag; 0 when none is given or one does not fit. */
+static uint64_t combo_tag(uint32_t dep, uint32_t model, uint32_t key)
+{
+    uint64_t d = dep == SY_SHM_NO_SLOT ? 0 : (uint64_t)dep + 1;
+    uint64_t m = model == SY_SHM_NO_SLOT ? 0 : (uint64_t)model + 1;
+    uint64_t k = key == SY_SHM_NO_SLOT ? 0 : (uint64_t)key + 1;
+    if (d >= (1u << 21) || m >= (1u << 21) || k >= (1u << 22))
+        return 0;
+    return d << 43 | m << 22 | k;
+}
+
+struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, const struct sy_shm_combo_ids *ids)
+{
+    uint32_t dep_slot = ids->deployment_slot, model_slot = ids->model_slot,
+             key_slot = ids->key_slot;
+    if (!shm->writable || !shm->combos)
+        return NULL;
+    struct sy_shm_combo *overflow = &shm->combos[shm->caps.combo_cells];
+    if (dep_slot == SY_SHM_NO_SLOT && model_slot == SY_SHM_NO_SLOT && key_slot == SY_SHM_NO_SLOT)
+        return NULL;
+    if ((dep_slot != SY_SHM_NO_SLOT && dep_slot >= shm->caps.max_deployments) ||
+        (model_slot != SY_SHM_NO_SLOT && model_slot >= shm->caps.max_models) ||
+        (key_slot != SY_SHM_NO_SLOT && key_slot >= shm->caps.max_keys))
+        return overflow;
+    uint64_t tag = combo_tag(dep_slot, model_slot, key_slot);
+    if (!tag)
+        return overflow;
+    uint64_t h = (tag ^ ids->key_id * UINT64_C(0xff51afd7ed558ccd) ^
+                  ids->deployment_id * UINT64_C(0xc4ceb9fe1a85ec53) ^
+                  (ids->model_id << 32 | ids->model_id >> 32)) *
+                 UINT64_C(0x9e3779b97f4a7c15);
+    uint32_t mask = shm->caps.combo_cells - 1;
+    uint32_t i = (uint32_t)(h >> 32) & mask;
+    for (uint32_t n = 0; n < SY_SHM_COMBO_PROBES && n <= mask; n++, i = (i + 1) & mask) {
+        struct sy_shm_combo *e = &shm->combos[i];
+        uint64_t t = atomic_load_explicit(&e->tag, memory_order_acquire);
+        if (t == 0 &&
+            atomic_compare_exchange_strong_explicit(&e->tag, &t, SY_SHM_COMBO_CLAIMING,
+                                                    memory_order_acquire, memory_order_acquire)) {
+            atomic_store_explicit(&e->key_id, ids->key_id, memory_order_relaxed);
+            atomic_store_explicit(&e->deployment_id, ids->deployment_id, memory_order_relaxed);
+            atomic_store_explicit(&e->model_id, ids->model_id, memory_order_relaxed);
+            atomic_store_explicit(&e->tag, tag, memory_order_release);
+            return e;
+        }
+        /* A cell being claimed right now may be ours: passing it by costs at worst a second
+         * cell for the combination, which the flush adds up with the first. */
+        if (t == tag && atomic_load_explicit(&e->key_id, memory_order_relaxed) == ids->key_id &&
+            atomic_load_explicit(&e->deployment_id, memory_order_relaxed) == ids->deployment_id &&
+            atomic_load_explicit(&e->model_id, memory_order_relaxed) == ids->model_id)
+            return e;
+    }
+    return overflow;
+}
+
+bool sy_shm_combo_peek(const struct sy_shm *shm, uint32_t i, struct sy_shm_combo_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!shm->combos || i > shm->caps.combo_cells)
+        return false;
+    const struct sy_shm_combo *e = &shm->combos[i];
+    uint64_t tag =
+        i == shm->caps.combo_cells ? 0 : atomic_load_explicit(&e->tag, memory_order_acquire);
+    if (i < shm->caps.combo_cells && (tag == 0 || tag == SY_SHM_COMBO_CLAIMING))
+        return false;
+    uint64_t d = tag >> 43, m = (tag >> 22) & ((1u << 21) - 1), k = tag & ((1u << 22) - 1);
+    out->overflow = i == shm->caps.combo_cells;
+    out->deployment_slot = d ? (uint32_t)(d - 1) : SY_SHM_NO_SLOT;
+    out->model_slot = m ? (uint32_t)(m - 1) : SY_SHM_NO_SLOT;
+    out->key_slot = k ? (uint32_t)(k - 1) : SY_SHM_NO_SLOT;
+    out->key_id = atomic_load_explicit(&e->key_id, memory_order_relaxed);
+    out->deployment_id = atomic_load_explicit(&e->deployment_id, memory_order_relaxed);
+    out->model_id = atomic_load_explicit(&e->model_id, memory_order_relaxed);
+    for (int c = 0; c < SY_COMBO_CTR_MAX; c++)
+        out->ctr[c] = atomic_load_explicit(&e->ctr[c], memory_order_relaxed);
+    for (int b = 0; b < SY_HIST_BUCKETS; b++)
+        out->hist[b] = atomic_load_explicit(&e->latency.bucket[b], memory_order_relaxed);
+    out->hist_sum_us = atomic_load_explicit(&e->latency.sum_us, memory_order_relaxed);
+    return out->overflow ? out->ctr[SY_COMBO_REQUESTS] != 0 : true;
 }
 
 /* ---- workers ------------------------------------------------------------------------------- */
@@ -609,6 +710,159 @@ int sy_shm_event_pop(struct sy_shm *shm, uint64_t now_ms, struct sy_shm_event *o
             atomic_store_explicit(&r->stall_since_ms, 0, memory_order_relaxed);
         }
         /* else the producer published just now: read it on the next turn */
+    }
+}
+
+/* ---- request log ------------------------------------------------------------------------------
+ *
+ * The decision log's ring, with records of several cells: a producer claims <count> positions
+ * at once (free when the last of them is: the consumer frees in order), copies the record into
+ * them, and publishes them LAST TO FIRST, so that a consumer that sees a published first cell
+ * knows the whole record is there. The consumer gives up on a cell claimed and unpublished for
+ * SY_SHM_EVENT_STALL_MS, as for events; once stuck that long it keeps skipping unpublished cells
+ * until it reaches a published one (a dead producer's record may be many cells), and drops the
+ * published tail cells of a record whose first cell it skipped. A producer that finds one of its
+ * cells taken back counts its record as dropped. */
+
+static size_t reqlog_cells_for(size_t bytes)
+{
+    return bytes ? (bytes + SY_REQLOG_CELL_DATA - 1) / SY_REQLOG_CELL_DATA : 1;
+}
+
+int sy_shm_reqlog_push(struct sy_shm *shm, const struct sy_reqlog_head *head, const char *req,
+                       const char *resp)
+{
+    if (!shm->writable || !shm->reqlog)
+        return -EROFS;
+    struct sy_shm_reqlog_ring *r = shm->reqlog;
+    size_t total = sizeof(*head) + head->req_len + head->resp_len;
+    uint64_t n = shm->caps.reqlog_cells, mask = n - 1;
+    uint64_t k = reqlog_cells_for(total);
+    if (k > n || k > UINT16_MAX) {
+        atomic_fetch_add_explicit(&r->dropped, 1, memory_order_relaxed);
+        return -EMSGSIZE;
+    }
+    uint64_t pos = atomic_load_explicit(&r->enqueue_pos, memory_order_relaxed);
+    for (;;) {
+        struct sy_shm_reqlog_cell *last = &shm->reqlog_cells[(pos + k - 1) & mask];
+        uint64_t seq = atomic_load_explicit(&last->seq, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - (pos + k - 1));
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&r->enqueue_pos, &pos, pos + k,
+                                                      memory_order_relaxed, memory_order_relaxed))
+                break;
+        } else if (dif < 0) {
+            atomic_fetch_add_explicit(&r->dropped, 1, memory_order_relaxed);
+            return -ENOBUFS;
+        } else {
+            pos = atomic_load_explicit(&r->enqueue_pos, memory_order_relaxed);
+        }
+    }
+    /* the record is three pieces laid end to end over the cells */
+    const char *piece[3] = {(const char *)head, req, resp};
+    size_t plen[3] = {sizeof(*head), head->req_len, head->resp_len};
+    size_t pi = 0, poff = 0;
+    for (uint64_t i = 0; i < k; i++) {
+        struct sy_shm_reqlog_cell *c = &shm->reqlog_cells[(pos + i) & mask];
+        c->first = i == 0;
+        c->count = i == 0 ? (uint16_t)k : 0;
+        size_t used = 0;
+        while (used < SY_REQLOG_CELL_DATA && pi < 3) {
+            size_t take = SY_MIN(plen[pi] - poff, SY_REQLOG_CELL_DATA - used);
+            if (take)
+                memcpy(c->data + used, piece[pi] + poff, take);
+            used += take;
+            poff += take;
+            if (poff == plen[pi]) {
+                pi++;
+                poff = 0;
+            }
+        }
+        c->len = (uint32_t)used;
+    }
+    for (uint64_t i = k; i-- > 0;) {
+        uint64_t expect = pos + i;
+        if (!atomic_compare_exchange_strong_explicit(&shm->reqlog_cells[(pos + i) & mask].seq,
+                                                     &expect, pos + i + 1, memory_order_release,
+                                                     memory_order_relaxed)) {
+            /* the consumer gave up on us: the record is lost */
+            atomic_fetch_add_explicit(&r->dropped, 1, memory_order_relaxed);
+            return -ENOBUFS;
+        }
+    }
+    atomic_fetch_add_explicit(&r->pushed, 1, memory_order_relaxed);
+    return 0;
+}
+
+/* Free <k> cells from position <pos> and move the consumer past them. */
+static void reqlog_release(struct sy_shm *shm, uint64_t pos, uint64_t k)
+{
+    uint64_t n = shm->caps.reqlog_cells;
+    for (uint64_t i = 0; i < k; i++)
+        atomic_store_explicit(&shm->reqlog_cells[(pos + i) & (n - 1)].seq, pos + i + n,
+                              memory_order_release);
+    atomic_store_explicit(&shm->reqlog->dequeue_pos, pos + k, memory_order_relaxed);
+}
+
+int sy_shm_reqlog_pop(struct sy_shm *shm, uint64_t now_ms, void *out, size_t cap, size_t *len)
+{
+    if (!shm->writable || !shm->reqlog)
+        return -EROFS;
+    struct sy_shm_reqlog_ring *r = shm->reqlog;
+    uint64_t n = shm->caps.reqlog_cells, mask = n - 1;
+    for (;;) {
+        uint64_t pos = atomic_load_explicit(&r->dequeue_pos, memory_order_relaxed);
+        struct sy_shm_reqlog_cell *c = &shm->reqlog_cells[pos & mask];
+        uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        if (seq == pos + 1) {
+            uint64_t k = c->count;
+            if (!c->first || k == 0 || k > n || k * SY_REQLOG_CELL_DATA > cap) {
+                /* the tail of a record whose first cell was skipped, or garbage: drop it */
+                atomic_fetch_add_explicit(&r->skipped, 1, memory_order_relaxed);
+                reqlog_release(shm, pos, 1);
+                continue;
+            }
+            size_t got = 0;
+            for (uint64_t i = 0; i < k; i++) {
+                struct sy_shm_reqlog_cell *ci = &shm->reqlog_cells[(pos + i) & mask];
+                /* published last to first: a published first cell means all of them are */
+                size_t l = SY_MIN(ci->len, SY_REQLOG_CELL_DATA);
+                memcpy((char *)out + got, ci->data, l);
+                got += l;
+            }
+            reqlog_release(shm, pos, k);
+            atomic_store_explicit(&r->stall_since_ms, 0, memory_order_relaxed);
+            *len = got;
+            if (got < sizeof(struct sy_reqlog_head)) {
+                atomic_fetch_add_explicit(&r->skipped, k, memory_order_relaxed);
+                continue;
+            }
+            return 0;
+        }
+        if (atomic_load_explicit(&r->enqueue_pos, memory_order_acquire) <= pos)
+            return -EAGAIN;
+        uint64_t since = atomic_load_explicit(&r->stall_since_ms, memory_order_relaxed);
+        if (since == 0) {
+            atomic_store_explicit(&r->stall_pos, pos, memory_order_relaxed);
+            atomic_store_explicit(&r->stall_since_ms, now_ms ? now_ms : 1, memory_order_relaxed);
+            return -EAGAIN;
+        }
+        if (atomic_load_explicit(&r->stall_pos, memory_order_relaxed) != pos) {
+            /* progress since the stall began elsewhere: start counting here */
+            atomic_store_explicit(&r->stall_pos, pos, memory_order_relaxed);
+            atomic_store_explicit(&r->stall_since_ms, now_ms ? now_ms : 1, memory_order_relaxed);
+            return -EAGAIN;
+        }
+        if (now_ms < since + SY_SHM_EVENT_STALL_MS)
+            return -EAGAIN;
+        uint64_t expect = pos;
+        if (atomic_compare_exchange_strong_explicit(&c->seq, &expect, pos + n, memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            atomic_fetch_add_explicit(&r->skipped, 1, memory_order_relaxed);
+            atomic_store_explicit(&r->dequeue_pos, pos + 1, memory_order_relaxed);
+            /* still stuck: the next unpublished cell is skipped without a new wait */
+            atomic_store_explicit(&r->stall_pos, pos + 1, memory_order_relaxed);
+        }
     }
 }
 

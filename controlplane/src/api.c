@@ -29,6 +29,7 @@ static const struct cp_resource *const resources[] = {
     &cp_api_alert_channels, &cp_api_alert_rules, &cp_api_alerts, &cp_api_alert_deliveries,
     &cp_api_budgets,
     &cp_api_guardrails,
+    &cp_api_requests,
 };
 
 /* What the framework learns about an admin write while serving it, for its audit record:

@@ -143,6 +143,7 @@ extern const struct cp_resource cp_api_alert_channels;
 extern const struct cp_resource cp_api_alert_rules;
 extern const struct cp_resource cp_api_alerts;
 extern const struct cp_resource cp_api_alert_deliveries;
+extern const struct cp_resource cp_api_requests;
 extern const struct cp_resource cp_api_audit;
 extern const struct cp_resource cp_api_budgets;
 extern const struct cp_resource cp_api_guardrails;

@@ -3,7 +3,8 @@
  *
  *     {"name", "agent", "user", "tier", "models": ["<public model>", ...] | null (= all),
  *      "limits": {"rpm", "tpm"}, "model_limits": {"<public model>": {"rpm", "tpm"}, ...},
- *      "expires_at": "<RFC 3339>" | null, "revoked"}
+ *      "expires_at": "<RFC 3339>" | null, "revoked",
+ *      "log_bodies": false (the request log may keep this key's prompts and answers)}
  *
  * plus id, object, prefix, slot, version, created_at and updated_at on reads (api_key_doc() in
  * migrations/003_admin_docs.sql). The key itself is generated here (crypto.h), stored only as
@@ -24,6 +25,7 @@
 
 static const char *const fields[] = {
     "name", "agent", "user", "tier", "models", "limits", "model_limits", "expires_at", "revoked",
+    "log_bodies",
     /* shown by reads, ignored on writes so a fetched document can be sent back edited */
     "id", "object", "prefix", "slot", "version", "created_at", "updated_at", NULL};
 static const char *const limit_fields[] = {"rpm", "tpm", NULL};
@@ -37,8 +39,9 @@ static const char *const nested[] = {"limits", "model_limits", NULL};
 struct key_row {
     const char *p[N_PARAMS];
     char num[2][24];
-    char *models;       /* JSON text of the array, or NULL */
-    char *model_limits; /* JSON text of the object, "{}" for none */
+    char *models;           /* JSON text of the array, or NULL */
+    char *model_limits;     /* JSON text of the object, "{}" for none */
+    const char *log_bodies; /* the request log may keep its prompts and answers */
 };
 
 static void key_row_free(struct key_row *r)
@@ -240,6 +243,10 @@ static bool validate(struct cp_call *c, json_t *doc, struct key_row *r)
     if (!cp_val_bool(c, doc, "revoked", false, &revoked))
         return false;
     r->p[8] = revoked ? "true" : "false";
+    bool log_bodies;
+    if (!cp_val_bool(c, doc, "log_bodies", false, &log_bodies))
+        return false;
+    r->log_bodies = log_bodies ? "true" : "false";
 
     json_t *models = json_object_get(doc, "models");
     if (models && !json_is_null(models)) {
@@ -349,19 +356,20 @@ static void create(struct cp_call *c)
     char hash_hex[2 + 2 * CP_CRYPTO_HASH_LEN + 1] = "\\x";
     for (size_t i = 0; i < CP_CRYPTO_HASH_LEN; i++)
         snprintf(hash_hex + 2 + 2 * i, 3, "%02x", hash[i]);
-    const char *p[N_PARAMS + 2];
+    const char *p[N_PARAMS + 3];
     memcpy(p, r.p, sizeof(r.p));
     p[N_PARAMS] = hash_hex;
     p[N_PARAMS + 1] = prefix;
+    p[N_PARAMS + 2] = r.log_bodies;
     cp_call_query(c,
                   "INSERT INTO api_keys (name, agent, user_name, tier, allowed_models, rpm, tpm,"
-                  " expires_at, revoked, model_limits, key_hash, key_prefix)"
+                  " expires_at, revoked, model_limits, key_hash, key_prefix, log_bodies)"
                   " SELECT $1, $2, $3, $4, CASE WHEN $5::jsonb IS NULL THEN NULL ELSE"
                   " ARRAY(SELECT x FROM jsonb_array_elements_text($5::jsonb) WITH ORDINALITY"
                   " AS e (x, n) ORDER BY n) END, $6::int, $7::int, $8::timestamptz,"
-                  " $9::boolean, $10::jsonb, $11::bytea, $12"
+                  " $9::boolean, $10::jsonb, $11::bytea, $12, $13::boolean"
                   " RETURNING api_key_doc(api_keys), version",
-                  N_PARAMS + 2, p, on_created);
+                  N_PARAMS + 3, p, on_created);
     key_row_free(&r);
 }
 
@@ -412,23 +420,24 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
         key_row_free(&r);
         return;
     }
-    const char *p[N_PARAMS + 2];
+    const char *p[N_PARAMS + 3];
     char v[24];
     memcpy(p, r.p, sizeof(r.p));
     p[N_PARAMS] = item_id(c);
     p[N_PARAMS + 1] = cp_i64(v, version);
+    p[N_PARAMS + 2] = r.log_bodies;
     cp_call_query(c,
                   "WITH u AS (UPDATE api_keys k SET name = $1, agent = $2, user_name = $3,"
                   "  tier = $4, allowed_models = CASE WHEN $5::jsonb IS NULL THEN NULL ELSE"
                   "  ARRAY(SELECT x FROM jsonb_array_elements_text($5::jsonb) WITH ORDINALITY"
                   "  AS e (x, n) ORDER BY n) END, rpm = $6::int, tpm = $7::int,"
                   "  expires_at = $8::timestamptz, revoked = $9::boolean,"
-                  "  model_limits = $10::jsonb"
+                  "  model_limits = $10::jsonb, log_bodies = $13::boolean"
                   "  WHERE k.id = $11::bigint AND k.version = $12::int"
                   "  RETURNING api_key_doc(k) AS doc, k.version)"
                   " SELECT (SELECT doc FROM u), (SELECT version FROM u),"
                   " EXISTS (SELECT 1 FROM api_keys WHERE id = $11::bigint)",
-                  N_PARAMS + 2, p, on_updated);
+                  N_PARAMS + 3, p, on_updated);
     key_row_free(&r);
 }
 

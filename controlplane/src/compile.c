@@ -46,7 +46,7 @@ const char cp__compile_sql[] =
     "   'enabled', d.enabled, 'slot', d.slot)"
     "   ORDER BY d.id) FROM deployments d), '[]'),"
     " 'models', coalesce((SELECT json_agg(json_build_object("
-    "   'name', m.name, 'slot', m.slot, 'targets', coalesce(t.targets, '[]'),"
+    "   'id', m.id, 'name', m.name, 'slot', m.slot, 'targets', coalesce(t.targets, '[]'),"
     "   'policy', m.policy, 'fallbacks', to_json(m.fallbacks))"
     "   ORDER BY m.id)"
     "   FROM models m LEFT JOIN (SELECT model_id,"
@@ -56,7 +56,8 @@ const char cp__compile_sql[] =
     "   'id', k.id, 'name', k.name, 'hash', encode(k.key_hash, 'hex'), 'prefix', k.key_prefix,"
     "   'agent', k.agent, 'user', k.user_name, 'tier', k.tier, 'models', k.allowed_models,"
     "   'expires_ms', (extract(epoch FROM k.expires_at) * 1000)::bigint,"
-    "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm, 'model_limits', k.model_limits)"
+    "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm, 'model_limits', k.model_limits,"
+    "   'log_bodies', k.log_bodies)"
     "   ORDER BY k.id) FROM api_keys k WHERE NOT k.revoked), '[]'),"
     " 'guardrails', coalesce((SELECT json_agg(g.spec || jsonb_build_object('id', g.id,"
     "   'name', g.name) ORDER BY g.id) FROM guardrails g WHERE g.enabled), '[]'),"
@@ -319,6 +320,7 @@ static int read_deployments(struct build *b, json_t *doc, char **err)
         d->price.output = json_number_value(json_object_get(row, "output_price"));
         d->weight = get_u32(row, "weight");
         d->slot = get_u32(row, "slot");
+        d->id = (uint64_t)json_integer_value(json_object_get(row, "id"));
         d->enabled = json_is_true(json_object_get(row, "enabled"));
         if (!d->enabled || d->auth_style == SY_AUTH_NONE)
             continue;
@@ -396,6 +398,7 @@ static int read_models(struct build *b, json_t *doc, char **err)
         }
         m->name = sy_xstrdup(name);
         m->slot = get_u32(row, "slot");
+        m->id = (uint64_t)json_integer_value(json_object_get(row, "id"));
         t->n_models++;
     }
     /* Policies last: their fallbacks and rule targets name other models and deployments. The
@@ -478,6 +481,7 @@ static int read_keys(struct build *b, json_t *doc, char **err)
         k->rpm = share(b, get_u32(row, "rpm"));
         k->tpm = share(b, get_u32(row, "tpm"));
         read_key_limits(b, k, json_object_get(row, "model_limits"));
+        k->log_bodies = json_is_true(json_object_get(row, "log_bodies"));
         json_t *models = json_object_get(row, "models"), *mv;
         size_t j;
         if (!json_is_array(models))
@@ -603,6 +607,13 @@ static void name_the_row(const struct sy_table *t, char **err)
 int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ring *ring,
                          int64_t created_ms, struct cp_compiled *out, char **err)
 {
+    return cp__compile_document_mode(json, len, ring, created_ms, SY_REQUEST_LOG_OFF, out, err);
+}
+
+int cp__compile_document_mode(const char *json, size_t len, const struct cp_crypto_ring *ring,
+                              int64_t created_ms, enum sy_request_log request_log,
+                              struct cp_compiled *out, char **err)
+{
     struct build b = {.ring = ring};
     struct sy_buf bytes = SY_BUF_INIT;
     json_error_t jerr;
@@ -629,6 +640,7 @@ int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ri
                          json_integer_value(nodes) <= 65536
                      ? (uint32_t)json_integer_value(nodes)
                      : 1;
+    b.t->request_log = request_log;
     if ((rc = read_providers(&b, doc, err)) < 0 || (rc = read_deployments(&b, doc, err)) < 0 ||
         (rc = read_models(&b, doc, err)) < 0 || (rc = read_keys(&b, doc, err)) < 0 ||
         (rc = read_budgets(&b, doc, err)) < 0)
@@ -709,7 +721,8 @@ static void work_cb(uv_work_t *w)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t created_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    if (cp__compile_document(job->json, job->len, &job->cp->ring, created_ms, res, &job->err) < 0) {
+    if (cp__compile_document_mode(job->json, job->len, &job->cp->ring, created_ms,
+                                  job->cp->cfg.request_log, res, &job->err) < 0) {
         free(res);
         if (!job->err)
             job->err = sy_xstrdup("out of memory");

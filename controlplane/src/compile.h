@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "crypto.h"
+#include "sy/table-t.h"
 
 struct cp_server;
 
@@ -42,6 +43,12 @@ extern const char cp__compile_sql[];
  * <out> holds nothing to free. */
 int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ring *ring,
                          int64_t created_ms, struct cp_compiled *out, char **err);
+
+/** cp__compile_document(), with the node's request-log mode <request_log> (the control plane's
+ * --request-log) written into the table. */
+int cp__compile_document_mode(const char *json, size_t len, const struct cp_crypto_ring *ring,
+                              int64_t created_ms, enum sy_request_log request_log,
+                              struct cp_compiled *out, char **err);
 
 /** Wipe and free what <c> holds; it is zeroed and may be filled again. NULL is fine. */
 void cp__compiled_free(struct cp_compiled *c);

@@ -12,7 +12,9 @@
  *                   circuit_state and circuit_opens_total {deployment}
  *   client keys     {key, key_prefix, agent, user}   key_requests_total{outcome},
  *                   key_prompt_tokens_total, key_completion_tokens_total, key_cost_total
- *   node            decision_log_dropped_total, dataplane_workers, shm_attached
+ *   node            decision_log_dropped_total, dataplane_workers, shm_attached,
+ *                   usage_combination_overflow_total, usage_combinations (and _capacity),
+ *                   request_log_dropped_total
  *   control plane   config_version, connected_workers, publish_latency_seconds,
  *                   database_up, controlplane_start_time_seconds
  *
@@ -459,6 +461,27 @@ static void render_node(struct sy_buf *b, const struct sy_shm *shm)
            "Decision-log events dropped because the ring was full");
     sample_head(b, "switchyard_decision_log_dropped_total", "", NULL);
     put_u64(b, sy_shm_event_dropped(shm));
+    family(b, "switchyard_request_log_dropped_total", "counter",
+           "Request-log records dropped because the ring was full");
+    sample_head(b, "switchyard_request_log_dropped_total", "", NULL);
+    put_u64(b, sy_shm_reqlog_dropped(shm));
+    family(b, "switchyard_usage_combination_overflow_total", "counter",
+           "Requests counted in the overflow cell: the combination table had no room");
+    sample_head(b, "switchyard_usage_combination_overflow_total", "", NULL);
+    put_u64(b, sy_shm_combo_overflows(shm));
+    uint64_t used = 0;
+    for (uint32_t i = 0; shm->combos && i < shm->caps.combo_cells; i++) {
+        uint64_t t = atomic_load_explicit(&shm->combos[i].tag, memory_order_relaxed);
+        used += t != 0 && t != SY_SHM_COMBO_CLAIMING;
+    }
+    family(b, "switchyard_usage_combinations", "gauge",
+           "Combination cells in use (deployment x model x key), of usage_combination_capacity");
+    sample_head(b, "switchyard_usage_combinations", "", NULL);
+    put_u64(b, used);
+    family(b, "switchyard_usage_combination_capacity", "gauge",
+           "Combination cells in the shared memory segment (--shm-combos)");
+    sample_head(b, "switchyard_usage_combination_capacity", "", NULL);
+    put_u64(b, shm->caps.combo_cells);
     uint64_t now = sy_now_ms();
     uint64_t alive = 0;
     for (uint32_t i = 0; i < shm->caps.max_workers; i++)

@@ -16,12 +16,14 @@
 #include "api.h"
 #include "budget.h"
 #include "events.h"
+#include "request_log.h"
 #include "internal.h"
 #include "metrics.h"
 #include "migrate.h"
 #include "server.h"
 #include "sy/log.h"
 #include "sy/tls_server.h"
+#include "sy/table.h"
 #include "sy/util.h"
 #include "usage.h"
 
@@ -67,6 +69,10 @@ static const char usage_text[] =
     "  --admin-tls-cert FILE     SWITCHYARD_ADMIN_TLS_CERT: serve the admin API over HTTPS with\n"
     "                            this certificate chain (PEM); re-read on SIGHUP\n"
     "  --admin-tls-key FILE      SWITCHYARD_ADMIN_TLS_KEY: its private key (PEM)\n"
+    "  --request-log MODE        SWITCHYARD_REQUEST_LOG: off (default), metadata (a row per\n"
+    "                            request) or bodies (metadata, plus prompts and answers of\n"
+    "                            keys with log_bodies)\n"
+    "  --request-log-retention-days N  SWITCHYARD_REQUEST_LOG_RETENTION_DAYS: kept (7)\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -141,6 +147,8 @@ enum {
     OPT_ADMIN_TLS_CERT,
     OPT_ADMIN_TOKENS_FILE,
     OPT_ADMIN_TLS_KEY,
+    OPT_REQUEST_LOG,
+    OPT_REQUEST_LOG_RETENTION,
     OPT_LONG_MAX,
 };
 
@@ -192,6 +200,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *wh_conc = env_dup("SWITCHYARD_WEBHOOK_CONCURRENCY");
     c->webhook_ca_file = env_dup("SWITCHYARD_WEBHOOK_CA_FILE");
     char *heartbeat_ms = env_dup("SWITCHYARD_HEARTBEAT_MS");
+    char *reqlog = env_dup("SWITCHYARD_REQUEST_LOG");
+    char *reqlog_days = env_dup("SWITCHYARD_REQUEST_LOG_RETENTION_DAYS");
 
     static const struct option opts[] = {
         {"database-url", required_argument, NULL, 'd'},
@@ -220,6 +230,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"admin-tls-cert", required_argument, NULL, OPT_ADMIN_TLS_CERT},
         {"admin-tokens-file", required_argument, NULL, OPT_ADMIN_TOKENS_FILE},
         {"admin-tls-key", required_argument, NULL, OPT_ADMIN_TLS_KEY},
+        {"request-log", required_argument, NULL, OPT_REQUEST_LOG},
+        {"request-log-retention-days", required_argument, NULL, OPT_REQUEST_LOG_RETENTION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -254,6 +266,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_ADMIN_TLS_CERT: set(&c->admin_tls_cert, optarg); break;
         case OPT_ADMIN_TOKENS_FILE: set(&c->tokens_file, optarg); break;
         case OPT_ADMIN_TLS_KEY: set(&c->admin_tls_key, optarg); break;
+        case OPT_REQUEST_LOG: set(&reqlog, optarg); break;
+        case OPT_REQUEST_LOG_RETENTION: set(&reqlog_days, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
@@ -293,9 +307,17 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
                           &c->webhook_backoff_ms, err)) < 0 ||
         (rc = int_setting(wh_conc, "--webhook-concurrency", 1, 64, 4, &c->webhook_concurrency,
                           err)) < 0 ||
+        (rc = int_setting(reqlog_days, "--request-log-retention-days", 1, 36500, 7,
+                          &c->request_log_retention_days, err)) < 0 ||
         (rc = int_setting(heartbeat_ms, "--heartbeat-ms", 100, 60000, 5000, &c->heartbeat_ms,
                           err)) < 0)
         goto out;
+    c->request_log = SY_REQUEST_LOG_OFF;
+    if (reqlog && !sy_request_log_parse(reqlog, &c->request_log)) {
+        rc = cp__fail(err, -EINVAL, "--request-log must be off, metadata or bodies, not \"%s\"",
+                      reqlog);
+        goto out;
+    }
     if (!c->database_url) {
         rc = cp__fail(err, -EINVAL, "no database: set SWITCHYARD_DATABASE_URL or --database-url");
         goto out;
@@ -350,6 +372,8 @@ out:
     free(wh_backoff);
     free(wh_conc);
     free(heartbeat_ms);
+    free(reqlog);
+    free(reqlog_days);
     free(metrics_file);
     if (rc != 0) {
         config_free(c);
@@ -419,8 +443,9 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&cp->sig_term, NULL);
     uv_close((uv_handle_t *)&cp->sig_int, NULL);
     uv_close((uv_handle_t *)&cp->sig_hup, NULL);
-    /* the last usage flush and decision-log write, before the database closes */
+    /* the last usage flush, decision-log and request-log write, before the database closes */
     cp__alerts_stop(cp);
+    cp__reqlog_stop(cp);
     cp__events_stop(cp);
     cp__usage_stop(cp);
     cp__audit_stop(cp);
@@ -578,6 +603,7 @@ int cp_serve(int argc, char **argv)
     /* before the metrics module takes the segment path */
     if (cp__usage_start(cp, mcfg.shm_path, &err) < 0 ||
         cp__events_start(cp, mcfg.shm_path, &err) < 0 ||
+        cp__reqlog_start(cp, mcfg.shm_path, &err) < 0 ||
         cp__budget_start(cp, mcfg.shm_path, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
@@ -616,6 +642,7 @@ out_db:
     cp__metrics_stop(cp);
     if (cp->db) {
         cp__alerts_stop(cp);
+        cp__reqlog_stop(cp);
         cp__events_stop(cp);
         cp__usage_stop(cp);
         cp__audit_stop(cp);

@@ -12,6 +12,7 @@
 #include "db.h"
 #include "sy/buf.h"
 #include "sy/http_server.h"
+#include "sy/table-t.h"
 
 struct cp_publisher;
 struct cp_usage;
@@ -20,6 +21,7 @@ struct cp_alerts;
 struct cp_audit;
 struct sy_tls_server;
 struct cp_budgets;
+struct cp_reqlog;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -46,6 +48,8 @@ struct cp_config {
     size_t n_tokens;
     char *admin_tls_cert; /* SWITCHYARD_ADMIN_TLS_CERT, --admin-tls-cert: HTTPS certificate chain */
     char *admin_tls_key;  /* SWITCHYARD_ADMIN_TLS_KEY, --admin-tls-key: its private key */
+    enum sy_request_log request_log; /* SWITCHYARD_REQUEST_LOG, --request-log (off) */
+    int request_log_retention_days;  /* SWITCHYARD_REQUEST_LOG_RETENTION_DAYS (7) */
 };
 
 enum cp_role {
@@ -79,6 +83,7 @@ struct cp_server {
     struct cp_usage *usage;   /* usage.c: NULL until started, and after stop */
     struct cp_events *events; /* events.c: NULL without a segment, and after stop */
     struct cp_alerts *alerts; /* alerts.c: NULL until started, and after stop */
+    struct cp_reqlog *reqlog; /* request_log.c: NULL without a segment, and after stop */
     uv_signal_t sig_term, sig_int;
     uv_signal_t sig_hup;       /* reloads the admin listener's certificate */
     struct sy_tls_server *tls; /* the admin listener's TLS context, or NULL for plain HTTP */

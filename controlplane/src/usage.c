@@ -255,6 +255,49 @@ static void rec_json(struct sy_buf *b, enum sy_shm_kind k, uint32_t slot, const 
     sy_buf_puts(b, "]}");
 }
 
+static const char *const combo_fields[SY_COMBO_CTR_MAX] = {
+#define SY__X(name, field) field,
+    SY_COMBO_CTR_MAP(SY__X)
+#undef SY__X
+};
+
+static int64_t slot_or_none(uint32_t slot)
+{
+    return slot == SY_SHM_NO_SLOT ? -1 : (int64_t)slot;
+}
+
+static void combo_json(struct sy_buf *b, uint32_t cell, const struct sy_shm_combo_totals *t)
+{
+    sy_buf_printf(b,
+                  "{\"cell\":%" PRIu32 ",\"overflow\":%s,\"deployment_slot\":%" PRId64
+                  ",\"model_slot\":%" PRId64 ",\"key_slot\":%" PRId64 ",\"key_id\":",
+                  cell, t->overflow ? "true" : "false", slot_or_none(t->deployment_slot),
+                  slot_or_none(t->model_slot), slot_or_none(t->key_slot));
+    put_i64(b, t->key_id);
+    sy_buf_puts(b, ",\"deployment_id\":");
+    put_i64(b, t->deployment_id);
+    sy_buf_puts(b, ",\"model_id\":");
+    put_i64(b, t->model_id);
+    for (int i = 0; i < SY_COMBO_CTR_MAX; i++) {
+        sy_buf_printf(b, ",\"%s\":", combo_fields[i]);
+        put_i64(b, t->ctr[i]);
+    }
+    uint64_t n = 0;
+    for (int i = 0; i < SY_HIST_BUCKETS; i++)
+        n += t->hist[i];
+    sy_buf_puts(b, ",\"latency_count\":");
+    put_i64(b, n);
+    sy_buf_puts(b, ",\"latency_sum_us\":");
+    put_i64(b, t->hist_sum_us);
+    sy_buf_puts(b, ",\"latency_buckets\":[");
+    for (int i = 0; i < SY_HIST_BUCKETS; i++) {
+        if (i)
+            sy_buf_puts(b, ",");
+        put_i64(b, t->hist[i]);
+    }
+    sy_buf_puts(b, "]}");
+}
+
 /* ============================================================================================
  * The flusher
  * ========================================================================================== */
@@ -270,6 +313,9 @@ struct cp_usage {
     struct rec *flushed[SY_SHM_KIND_MAX];
     struct rec *sending[SY_SHM_KIND_MAX];
     uint32_t cap[SY_SHM_KIND_MAX];
+    /* the same per combination cell (caps.combo_cells + 1 of them, the overflow cell last) */
+    struct sy_shm_combo_totals *combo_flushed, *combo_sending;
+    uint32_t combo_cap;
     bool busy;        /* a flush is in flight */
     bool then_switch; /* the segment was replaced: map the new one after this flush */
     uint64_t generation;
@@ -281,8 +327,12 @@ struct cp_usage {
     bool failing; /* the last flush failed (log the first failure only) */
 };
 
-static const char flush_sql[] = "SELECT usage_flush($1, $2::bigint, $3::jsonb)";
-static const char compact_sql[] = "SELECT usage_compact($1::int, $2::int)";
+/* One statement, so one transaction: the objects' and the combinations' watermarks move
+ * together or not at all. */
+static const char flush_sql[] = "SELECT usage_flush($1, $2::bigint, $3::jsonb)"
+                                " + usage_combo_flush($1, $2::bigint, $4::jsonb)";
+static const char compact_sql[] =
+    "SELECT usage_compact($1::int, $2::int), usage_combo_compact($1::int)";
 
 static int64_t wall_ms(void)
 {
@@ -301,6 +351,8 @@ static void maybe_free(struct cp_usage *u)
         free(u->flushed[k]);
         free(u->sending[k]);
     }
+    free(u->combo_flushed);
+    free(u->combo_sending);
     free(u->last_error);
     free(u);
 }
@@ -323,6 +375,11 @@ static void arrays_for_segment(struct cp_usage *u)
         u->sending[k] = sy_xcalloc(n ? n : 1, sizeof(struct rec));
         u->cap[k] = n;
     }
+    free(u->combo_flushed);
+    free(u->combo_sending);
+    u->combo_cap = u->seg.shm->combos ? u->seg.shm->caps.combo_cells + 1 : 0;
+    u->combo_flushed = sy_xcalloc(u->combo_cap ? u->combo_cap : 1, sizeof(*u->combo_flushed));
+    u->combo_sending = sy_xcalloc(u->combo_cap ? u->combo_cap : 1, sizeof(*u->combo_sending));
     u->generation = u->seg.shm->hdr->generation;
 }
 
@@ -336,12 +393,40 @@ static bool attach(struct cp_usage *u)
     return true;
 }
 
-/* Read every slot into u->sending; write the rows that moved since the last successful flush
- * to <b> as a JSON array. Returns the number of rows. */
-static unsigned collect(struct cp_usage *u, struct sy_buf *b)
+/* Read every combination cell into u->combo_sending; write the cells that moved since the
+ * last successful flush to <b> as a JSON array. Returns the number of cells. */
+static unsigned collect_combos(struct cp_usage *u, struct sy_buf *b)
 {
     unsigned rows = 0;
     cp__budget_usage_collect(u->cp, u->seg.shm); /* before the key counters: see budget.h */
+    sy_buf_puts(b, "[");
+    for (uint32_t i = 0; i < u->combo_cap; i++) {
+        struct sy_shm_combo_totals *t = &u->combo_sending[i];
+        if (!sy_shm_combo_peek(u->seg.shm, i, t) ||
+            memcmp(t, &u->combo_flushed[i], sizeof(*t)) == 0)
+            continue;
+        if (rows++)
+            sy_buf_puts(b, ",");
+        combo_json(b, i, t);
+    }
+    sy_buf_puts(b, "]");
+    return rows;
+}
+
+static unsigned combos_moved(const struct cp_usage *u)
+{
+    unsigned n = 0;
+    for (uint32_t i = 0; i < u->combo_cap; i++)
+        n += memcmp(&u->combo_sending[i], &u->combo_flushed[i], sizeof(u->combo_sending[i])) != 0;
+    return n;
+}
+
+/* Read every slot into u->sending; write the rows that moved since the last successful flush
+ * to <b> as a JSON array, and the combination cells that moved to <cb>. Returns the number of
+ * rows and cells. */
+static unsigned collect(struct cp_usage *u, struct sy_buf *b, struct sy_buf *cb)
+{
+    unsigned rows = collect_combos(u, cb);
     sy_buf_puts(b, "[");
     for (int k = 0; k < SY_SHM_KIND_MAX; k++) {
         for (uint32_t s = 0; s < u->cap[k]; s++) {
@@ -349,8 +434,9 @@ static unsigned collect(struct cp_usage *u, struct sy_buf *b)
             read_rec(u->seg.shm, (enum sy_shm_kind)k, s, r);
             if (memcmp(r, &u->flushed[k][s], sizeof(*r)) == 0)
                 continue;
-            if (rows++)
+            if (b->len > 1)
                 sy_buf_puts(b, ",");
+            rows++;
             rec_json(b, (enum sy_shm_kind)k, s, r);
         }
     }
@@ -362,6 +448,7 @@ static void flush_succeeded(struct cp_usage *u, unsigned rows)
 {
     for (int k = 0; k < SY_SHM_KIND_MAX; k++)
         memcpy(u->flushed[k], u->sending[k], (size_t)u->cap[k] * sizeof(struct rec));
+    memcpy(u->combo_flushed, u->combo_sending, (size_t)u->combo_cap * sizeof(*u->combo_flushed));
     cp__budget_usage_flushed(u->cp);
     u->flushes++;
     u->rows_sent += rows;
@@ -414,6 +501,7 @@ static void on_flushed(struct cp_db *db, void *ud, const PGresult *res, const ch
     for (int k = 0; k < SY_SHM_KIND_MAX; k++)
         for (uint32_t s = 0; s < u->cap[k]; s++)
             rows += memcmp(&u->sending[k][s], &u->flushed[k][s], sizeof(struct rec)) != 0;
+    rows += combos_moved(u);
     flush_succeeded(u, rows);
     sy_log(SY_LOG_DEBUG, "usage", "flushed %u slots into %s rollup rows", rows,
            PQntuples(res) ? PQgetvalue(res, 0, 0) : "?");
@@ -426,10 +514,11 @@ static void flush(struct cp_usage *u)
     if (u->busy || u->stopping || !attach(u))
         return;
     bool replaced = cp__seg_replaced(&u->seg);
-    struct sy_buf b = SY_BUF_INIT;
-    unsigned rows = collect(u, &b);
+    struct sy_buf b = SY_BUF_INIT, cb = SY_BUF_INIT;
+    unsigned rows = collect(u, &b, &cb);
     if (!rows) {
         sy_buf_free(&b);
+        sy_buf_free(&cb);
         if (replaced) {
             u->then_switch = true;
             switch_segment(u);
@@ -438,13 +527,14 @@ static void flush(struct cp_usage *u)
     }
     char gen[24];
     snprintf(gen, sizeof(gen), "%" PRIu64, u->generation & INT64_MAX);
-    const char *params[] = {u->cp->cfg.node_id, gen, b.data};
-    if (cp_db_query(u->cp->db, flush_sql, 3, params, on_flushed, u) == 0) {
+    const char *params[] = {u->cp->cfg.node_id, gen, b.data, cb.data};
+    if (cp_db_query(u->cp->db, flush_sql, 4, params, on_flushed, u) == 0) {
         u->busy = true;
         u->pending++;
         u->then_switch = replaced;
     }
     sy_buf_free(&b);
+    sy_buf_free(&cb);
 }
 
 static void on_flush_timer(uv_timer_t *t)
@@ -465,10 +555,13 @@ static void on_compacted(struct cp_db *db, void *ud, const PGresult *res, const 
         return;
     }
     const char *n = PQntuples(res) ? PQgetvalue(res, 0, 0) : "0";
-    if (strcmp(n, "-1") == 0)
+    const char *nc = PQntuples(res) && PQnfields(res) > 1 ? PQgetvalue(res, 0, 1) : "0";
+    if (strcmp(n, "-1") == 0 || strcmp(nc, "-1") == 0)
         sy_log(SY_LOG_DEBUG, "usage", "another control plane compacts usage now");
-    else if (strcmp(n, "0") != 0)
-        sy_log(SY_LOG_INFO, "usage", "compacted usage: %s hourly rows from old minutes", n);
+    else if (strcmp(n, "0") != 0 || strcmp(nc, "0") != 0)
+        sy_log(SY_LOG_INFO, "usage",
+               "compacted usage: %s object and %s combination rows from old minutes into hours", n,
+               nc);
 }
 
 static void on_compact_timer(uv_timer_t *t)
@@ -514,12 +607,14 @@ int cp__usage_start(struct cp_server *cp, const char *shm_path, char **err)
 /* The last flush, on a connection of its own: the loop is stopping. */
 static void flush_blocking(struct cp_usage *u)
 {
-    if (!u->seg.shm)
+    /* a segment made since the last tick (or never mapped: a long flush period) counts too */
+    if (!attach(u))
         return;
-    struct sy_buf b = SY_BUF_INIT;
-    unsigned rows = collect(u, &b);
+    struct sy_buf b = SY_BUF_INIT, cb = SY_BUF_INIT;
+    unsigned rows = collect(u, &b, &cb);
     if (!rows) {
         sy_buf_free(&b);
+        sy_buf_free(&cb);
         return;
     }
     const char *const keys[] = {"dbname", "connect_timeout", NULL};
@@ -533,12 +628,13 @@ static void flush_blocking(struct cp_usage *u)
                pg ? PQerrorMessage(pg) : "out of memory");
         PQfinish(pg);
         sy_buf_free(&b);
+        sy_buf_free(&cb);
         return;
     }
     char gen[24];
     snprintf(gen, sizeof(gen), "%" PRIu64, u->generation & INT64_MAX);
-    const char *params[] = {u->cp->cfg.node_id, gen, b.data};
-    PGresult *res = PQexecParams(pg, flush_sql, 3, NULL, params, NULL, NULL, 0);
+    const char *params[] = {u->cp->cfg.node_id, gen, b.data, cb.data};
+    PGresult *res = PQexecParams(pg, flush_sql, 4, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) == PGRES_TUPLES_OK) {
         flush_succeeded(u, rows);
         sy_log(SY_LOG_INFO, "usage", "last flush at stop: %u slots", rows);
@@ -549,6 +645,7 @@ static void flush_blocking(struct cp_usage *u)
     PQclear(res);
     PQfinish(pg);
     sy_buf_free(&b);
+    sy_buf_free(&cb);
 }
 
 void cp__usage_stop(struct cp_server *cp)

@@ -120,6 +120,13 @@ static const struct option_def options[] = {
      "the node's shared-memory segment (circuits, rate limits, counters, decision log), a file "
      "the control plane reads metrics and events from; default: an anonymous segment that "
      "only the workers share"},
+    {"shm-combos", "SWITCHYARD_SHM_COMBOS", OPT_U32, OFF(shm_combos), 64, 1u << 22,
+     "usage cells for deployment x model x key combinations in the shared memory (448 bytes "
+     "each, rounded up to a power of two); requests beyond them are counted as one overflow"},
+    {"shm-request-log-cells", "SWITCHYARD_SHM_REQUEST_LOG_CELLS", OPT_U32,
+     OFF(shm_request_log_cells), 2, 1u << 22,
+     "1 KiB cells of the request-log ring in the shared memory (rounded up to a power of two); "
+     "a record takes one cell, or more with bodies; a full ring drops records, counted"},
     {"encode-table", NULL, OPT_PAIR, OFF(encode_table), 0, 0,
      "IN OUT: write table file IN as msgpack to OUT and exit", true},
     {"help", NULL, OPT_FLAG, 0, 0, 0, "print this help and exit"},

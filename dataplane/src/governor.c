@@ -350,6 +350,59 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
         if (cost)
             sy_shm_add(all[i], SY_CTR_COST_MICROS, cost);
     }
+    /* the same request once more, per combination: "cost of model X for user Y on deployment Z"
+     * (the deployment is the one that answered last) */
+    struct sy_shm_combo_ids ids = {
+        .deployment_slot = d ? d->slot : SY_SHM_NO_SLOT,
+        .model_slot = m ? m->slot : SY_SHM_NO_SLOT,
+        .key_slot = k ? k->slot : SY_SHM_NO_SLOT,
+        .deployment_id = d ? d->id : 0,
+        .model_id = m ? m->id : 0,
+        .key_id = k ? k->id : 0,
+    };
+    sy_shm_combo_count(sy_shm_combo(w->shm, &ids), o, prompt_tokens, completion_tokens, cost,
+                       total_ns / 1000);
+}
+
+void dp__gov_reqlog(struct dp_worker *w, const struct sy_table *t,
+                    const struct sy_http_request *req, const struct dp_reqlog_facts *f)
+{
+    if (!w->shm || t->request_log == SY_REQUEST_LOG_OFF)
+        return;
+    struct sy_reqlog_head h = {
+        .ts_ms = wall_ms(),
+        .table_version = t->version,
+        .key_id = f->key ? f->key->id : 0,
+        .latency_us = f->total_ns / 1000,
+        .ttfb_us = f->first_byte_ns / 1000,
+        .prompt_tokens = f->prompt_tokens,
+        .completion_tokens = f->completion_tokens,
+        .cost_micros = dp__gov_cost(f->dep, f->prompt_tokens, f->completion_tokens),
+        .worker = w->index,
+        .model_slot = f->model ? f->model->slot : SY_SHM_NO_SLOT,
+        .deployment_slot = f->dep ? f->dep->slot : SY_SHM_NO_SLOT,
+        .key_slot = f->key ? f->key->slot : SY_SHM_NO_SLOT,
+        .status = (uint16_t)f->status,
+        .outcome = (uint16_t)f->outcome,
+        .attempts = (uint16_t)SY_MIN(f->attempts, UINT16_MAX),
+        .flags = f->stream ? SY_REQLOG_STREAM : 0,
+    };
+    snprintf(h.request_id, sizeof(h.request_id), "%s", req->id);
+    const char *body = NULL, *resp = NULL;
+    if (t->request_log == SY_REQUEST_LOG_BODIES && f->resp && f->key && f->key->log_bodies) {
+        h.flags |= SY_REQLOG_BODIES;
+        body = req->body.data;
+        h.req_size = req->body.len;
+        h.req_len = (uint32_t)SY_MIN(req->body.len, (size_t)SY_REQLOG_BODY_MAX);
+        resp = f->resp->data;
+        h.resp_size = SY_MAX(f->resp_size, (uint64_t)f->resp->len);
+        h.resp_len = (uint32_t)SY_MIN(f->resp->len, (size_t)SY_REQLOG_BODY_MAX);
+        if (h.req_len < h.req_size)
+            h.flags |= SY_REQLOG_REQ_TRUNCATED;
+        if (h.resp_len < h.resp_size)
+            h.flags |= SY_REQLOG_RESP_TRUNCATED;
+    }
+    sy_shm_reqlog_push(w->shm, &h, body, resp);
 }
 
 /* Move limiter <word> of <limit> tokens per minute from <reserved> to <actual> tokens. */

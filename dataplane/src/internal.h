@@ -42,6 +42,9 @@ struct dp_config {
     char *shm_path;        /* SWITCHYARD_SHM, --shm: the node's shared-memory segment file
                             * the control plane attaches (default: anonymous) */
     char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */
+    uint32_t shm_combos;   /* SWITCHYARD_SHM_COMBOS, --shm-combos (16384): usage cells per
+                            * deployment x model x key combination */
+    uint32_t shm_request_log_cells; /* SWITCHYARD_SHM_REQUEST_LOG_CELLS (4096): 1 KiB each */
 };
 
 /** Fill <c> from defaults, then the environment, then <argv>. On a bad value returns -EINVAL

@@ -659,7 +659,9 @@ static void create_shm(struct master *m)
     const char *path = m->c->shm_path;
     char tmp[64];
     /* A slot per worker; a replacement reuses the slot of the worker it replaces. */
-    struct sy_shm_caps caps = {.max_workers = m->n_slots};
+    struct sy_shm_caps caps = {.max_workers = m->n_slots,
+                               .combo_cells = m->c->shm_combos,
+                               .reqlog_cells = m->c->shm_request_log_cells};
     if (!path) {
         /* Nobody else will look for it: map it and remove the name at once, so nothing is
          * left in /dev/shm whatever way this process ends. */

@@ -141,6 +141,7 @@ struct proxy {
     uint64_t first_ns;      /* when the client got its first byte (head) */
     bool cut;               /* a stream ended by an error after content went out */
     bool budget_charged;    /* the answer's cost is in the key's budgets */
+    struct sy_buf log_resp; /* the response as sent, for the request log (opted-in keys) */
 
     /* guardrails (guard.h): NULL when none applies to the call */
     struct dp_guard_req *guard;
@@ -1586,6 +1587,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     req->handler = p;
     req->on_abort = proxy_abort;
     req->on_drain = proxy_drain;
+    if (p->t->request_log == SY_REQUEST_LOG_BODIES && key && key->log_bodies) {
+        req->capture = &p->log_resp;
+        req->capture_max = SY_REQLOG_BODY_MAX;
+    }
     dp__gov_request(p->w, policy_of(&p->t->models[mi]));
     next_attempt(p);
 }
@@ -1630,6 +1635,24 @@ void dp__proxy_request_done(struct sy_http_request *req)
                     p->usage.completion_tokens, now - req->start_ns,
                     p->first_ns ? p->first_ns - req->start_ns : 0);
     charge_budgets(p, d);
+    struct dp_reqlog_facts f = {
+        .model = &p->t->models[p->chain[0]],
+        .dep = d,
+        .key = p->key,
+        .outcome = o,
+        .status = st,
+        .attempts = p->n_trace + p->n_trace_dropped,
+        .stream = p->stream,
+        .prompt_tokens = p->usage.prompt_tokens,
+        .completion_tokens = p->usage.completion_tokens,
+        .total_ns = now - req->start_ns,
+        .first_byte_ns = p->first_ns ? p->first_ns - req->start_ns : 0,
+        .resp = req->capture ? &p->log_resp : NULL,
+        .resp_size = req->capture_total,
+    };
+    dp__gov_reqlog(p->w, p->t, req, &f);
+    sy_buf_free(&p->log_resp);
+    req->capture = NULL;
     req->handler = NULL;
 }
 

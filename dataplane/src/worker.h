@@ -119,6 +119,25 @@ uint64_t dp__gov_cost(const struct sy_deployment *d, uint64_t prompt_tokens,
 void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct sy_deployment *d,
                      const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
                      uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns);
+/** What the request log records of a model call (dp__gov_reqlog). */
+struct dp_reqlog_facts {
+    const struct sy_model *model;    /* the public model asked for */
+    const struct sy_deployment *dep; /* the one that answered last; NULL: none tried */
+    const struct sy_key *key;        /* NULL: no key */
+    enum sy_outcome outcome;
+    int status; /* sent to the client */
+    uint32_t attempts;
+    bool stream;
+    uint64_t prompt_tokens, completion_tokens;
+    uint64_t total_ns, first_byte_ns; /* first_byte_ns 0: none */
+    const struct sy_buf *resp;        /* the response body captured (NULL: bodies not logged) */
+    uint64_t resp_size;               /* ...and its whole size */
+};
+/** Write a record of request <req> (its id and body, borrowed) served on table <t> to the
+ * node's request-log ring, as <t>->request_log says: nothing when off, no bodies unless the
+ * mode is bodies and <f>->resp is given. Never blocks; a full ring drops the record (counted). */
+void dp__gov_reqlog(struct dp_worker *w, const struct sy_table *t,
+                    const struct sy_http_request *req, const struct dp_reqlog_facts *f);
 /** TPM reconciliation: the tokens reserved (estimated prompt plus max_tokens) on deployment <d>
  * and those key <k> was granted (<grant>) become the <actual> tokens the provider reported (0
  * for an attempt that failed): the difference is charged or given back. <d>, <k> and <grant>

@@ -483,6 +483,7 @@ static const struct field deployment_fields[] = {
     DEP_FIELD("weight", FIELD_U32, weight),
     DEP_FIELD("slot", FIELD_U32, slot),
     DEP_FIELD("enabled", FIELD_BOOL, enabled),
+    DEP_FIELD("id", FIELD_U64, id),
 };
 
 #define TIMEOUT_FIELD(key)                                                                         \
@@ -526,12 +527,34 @@ static const struct field key_fields[] = {
     KEY_FIELD("tpm", FIELD_U32, tpm),
     KEY_FIELD("model_limits", FIELD_KEY_LIMITS, model_limits),
     KEY_FIELD("budgets", FIELD_BUDGET_LIST, budgets),
+    KEY_FIELD("log_bodies", FIELD_BOOL, log_bodies),
 };
 
 static const struct field key_limit_fields[] = {
     {"rpm", FIELD_U32, offsetof(struct sy_key_limit, rpm), 0, 0},
     {"tpm", FIELD_U32, offsetof(struct sy_key_limit, tpm), 0, 0},
 };
+
+static const char *const request_log_names[SY_REQUEST_LOG_MAX] = {
+    [SY_REQUEST_LOG_OFF] = "off",
+    [SY_REQUEST_LOG_METADATA] = "metadata",
+    [SY_REQUEST_LOG_BODIES] = "bodies",
+};
+
+const char *sy_request_log_name(enum sy_request_log mode)
+{
+    return (unsigned)mode < SY_REQUEST_LOG_MAX ? request_log_names[mode] : "off";
+}
+
+bool sy_request_log_parse(const char *s, enum sy_request_log *mode)
+{
+    for (int i = 0; i < SY_REQUEST_LOG_MAX; i++)
+        if (strcmp(s, request_log_names[i]) == 0) {
+            *mode = (enum sy_request_log)i;
+            return true;
+        }
+    return false;
+}
 
 static const char *const period_names[SY_BUDGET_PERIOD_MAX] = {
     [SY_BUDGET_DAY] = "day",
@@ -558,6 +581,7 @@ static const struct field model_fields[] = {
     {"targets", FIELD_TARGETS, offsetof(struct sy_model, targets), 0, 0},
     {"fallbacks", FIELD_FALLBACKS, offsetof(struct sy_model, policy.fallbacks), 0, 0},
     {"policy", FIELD_POLICY, offsetof(struct sy_model, policy), 0, 0},
+    {"id", FIELD_U64, offsetof(struct sy_model, id), 0, 0},
 };
 
 /* ---- the policy of a public model ---------------------------------------------------------
@@ -2234,6 +2258,23 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
         return rc;
     if (v && (rc = sy__guardrails_decode(td->t, v, d->err)) < 0)
         return rc;
+
+    if ((rc = map_get(d, root, "request_log", &v)) < 0)
+        return rc;
+    mark = path_key(d, "request_log");
+    td->t->request_log = SY_REQUEST_LOG_OFF;
+    if (v) {
+        int mode = -1;
+        if (v->type == MSGPACK_OBJECT_STR)
+            for (int i = 0; i < SY_REQUEST_LOG_MAX; i++)
+                if (strlen(request_log_names[i]) == v->via.str.size &&
+                    memcmp(request_log_names[i], v->via.str.ptr, v->via.str.size) == 0)
+                    mode = i;
+        if (mode < 0)
+            return fail(d, -EINVAL, "expected \"off\", \"metadata\" or \"bodies\"");
+        td->t->request_log = (enum sy_request_log)mode;
+    }
+    path_pop(d, mark);
     return 0;
 }
 
@@ -2646,7 +2687,8 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 8 + (t->nodes > 1) + (t->n_guardrails > 0));
+    msgpack_pack_map(&pk, 8 + (t->nodes > 1) + (t->n_guardrails > 0) +
+                              (t->request_log != SY_REQUEST_LOG_OFF));
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -2681,6 +2723,10 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     if (t->n_guardrails > 0) {
         pack_cstr(&pk, "guardrails");
         sy__guardrails_pack(&pk, t);
+    }
+    if (t->request_log != SY_REQUEST_LOG_OFF) {
+        pack_cstr(&pk, "request_log");
+        pack_cstr(&pk, sy_request_log_name(t->request_log));
     }
     return 0;
 }

@@ -30,14 +30,14 @@ PRICE = {"dep-a": (1000, 2000), "dep-b": (500, 1000)}
 
 
 class ControlPlane(harness.HTTPClientMixin):
-    def __init__(self, build_dir, workdir, db_url, sock, shm, name="cp"):
+    def __init__(self, build_dir, workdir, db_url, sock, shm, name="cp", flush_ms=FLUSH_MS):
         exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
         port_file = os.path.join(workdir, f"{name}.port")
         if os.path.exists(port_file):
             os.unlink(port_file)
         argv = [exe, "serve", "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
                 "--admin-token", ADMIN_TOKEN, "--socket", sock, "--node-id", "node-u",
-                "--port-file", port_file, "--shm", shm, "--usage-flush-ms", str(FLUSH_MS),
+                "--port-file", port_file, "--shm", shm, "--usage-flush-ms", str(flush_ms),
                 "--log-level", "debug"]
         self.process = harness.ManagedProcess(name, argv, os.path.join(workdir, f"{name}.log"),
                                               env={"SWITCHYARD_MASTER_KEY": MASTER_KEY})
@@ -91,8 +91,9 @@ def wait_for(what, pred, timeout=15, interval=0.1):
 class Stack:
     """PostgreSQL database <db_url>, a control plane, a data plane, the config and two keys."""
 
-    def __init__(self, build_dir, workdir, db_url, mock):
+    def __init__(self, build_dir, workdir, db_url, mock, flush_ms=FLUSH_MS):
         self.build_dir, self.workdir, self.db_url, self.mock = build_dir, workdir, db_url, mock
+        self.flush_ms = flush_ms
         self.sockdir = tempfile.mkdtemp(prefix="sy-use-")
         self.sock = os.path.join(self.sockdir, "cp.sock")
         self.shm = f"/dev/shm/sy-usage-test-{os.getpid()}-{id(self)}"
@@ -137,7 +138,7 @@ class Stack:
 
     def start_cp(self, name="cp"):
         return ControlPlane(self.build_dir, self.workdir, self.db_url, self.sock, self.shm,
-                            name=name)
+                            name=name, flush_ms=self.flush_ms)
 
     def send(self, model, key, n):
         keyname = "k-one" if key == self.k1 else "k-two"
@@ -205,10 +206,78 @@ def usage(cp, group_by):
     return out
 
 
+# ---- per combination: deployment x model x key ------------------------------------------------
+
+DEP_OF = {"alpha": "dep-a", "beta": "dep-b", "flaky": "dep-b"}  # the deployment that answered
+COMBO_FIELD = {"model": 0, "deployment": 1, "key": 2,
+               "agent": None, "user": None}
+
+
+def combo_of(model, key):
+    return {"model": model, "deployment": DEP_OF[model], "key": key, "agent": AGENT[key],
+            "user": USER[key]}
+
+
+def expected_combos(sent, group_by, **filters):
+    """What /usage?group_by=<group_by>&<filters> must say: requests whose combination matches
+    every filter, grouped; a deployment counts the requests it answered."""
+    out = {}
+    for model, key in sent:
+        c = combo_of(model, key)
+        if any(c[f] != v for f, v in filters.items()):
+            continue
+        dep = c["deployment"]
+        pt, ct = USAGE["a-up" if dep == "dep-a" else "b-up"]
+        e = out.setdefault(c[group_by], {"calls": 0, "successes": 0, "prompt_tokens": 0,
+                                         "completion_tokens": 0, "cost_micros": 0})
+        e["calls"] += 1
+        e["successes"] += 1
+        e["prompt_tokens"] += pt
+        e["completion_tokens"] += ct
+        e["cost_micros"] += pt * PRICE[dep][0] + ct * PRICE[dep][1]
+    return out
+
+
+def usage_filtered(cp, group_by, **filters):
+    q = "".join(f"&{k}={v}" for k, v in filters.items())
+    obj = cp.ok("GET", f"/usage?group_by={group_by}&interval=day&from=2020-01-01T00:00:00Z{q}")
+    assert obj["filters"] == filters
+    out = {}
+    for row in obj["data"]:
+        assert row["retries"] is None and row["fallbacks"] is None, row
+        e = out.setdefault(row["group"], {"calls": 0, "successes": 0, "prompt_tokens": 0,
+                                          "completion_tokens": 0, "cost_micros": 0})
+        for k in ("calls", "successes", "prompt_tokens", "completion_tokens"):
+            e[k] += row[k]
+        e["cost_micros"] += round(row["cost"] * 1e6)
+    return out
+
+
+# Every combination of the test's traffic, and cross-cuts of it: one filter, two filters.
+COMBO_QUERIES = [
+    ("user", {"model": "alpha"}),
+    ("model", {"user": "ana"}),
+    ("deployment", {"key": "k-two"}),
+    ("key", {"deployment": "dep-b"}),
+    ("agent", {"model": "flaky", "deployment": "dep-b"}),
+    ("model", {"agent": "bot-a", "deployment": "dep-a"}),
+    ("user", {"model": "beta", "deployment": "dep-b", "key": "k-one"}),
+]
+
+
+def combos_exact(stack, cp):
+    for group_by, filters in COMBO_QUERIES:
+        if usage_filtered(cp, group_by, **filters) != \
+                expected_combos(stack.sent, group_by, **filters):
+            return False
+    return True
+
+
 def wait_usage_exact(stack, cp, timeout=20):
     for group_by in ("model", "deployment", "key", "agent", "user"):
         want = expected(stack.sent, group_by)
         wait_for(f"usage by {group_by} = {want}", lambda: usage(cp, group_by) == want, timeout)
+    wait_for("usage per combination exact", lambda: combos_exact(stack, cp), timeout)
 
 
 def stays_exact(stack, cp, seconds):
@@ -216,6 +285,9 @@ def stays_exact(stack, cp, seconds):
     time.sleep(seconds)
     for group_by in ("model", "deployment", "key"):
         assert usage(cp, group_by) == expected(stack.sent, group_by), group_by
+    for group_by, filters in COMBO_QUERIES:
+        assert usage_filtered(cp, group_by, **filters) == \
+            expected_combos(stack.sent, group_by, **filters), (group_by, filters)
 
 
 # ---- tests -------------------------------------------------------------------------------------------
@@ -276,6 +348,79 @@ def test_usage_totals_match_what_was_sent_and_survive_control_plane_restarts(sta
     stays_exact(st, st.cp, 4 * FLUSH_MS / 1000)
 
 
+@pytest.mark.timeout(120)
+def test_usage_per_combination_is_exact_for_two_keys_two_models_two_deployments(stack, fresh_db):
+    st = stack
+    # every combination of 2 keys x 3 models (over 2 answering deployments), unequal counts
+    st.send("alpha", st.k1, 3)
+    st.send("alpha", st.k2, 2)
+    st.send("beta", st.k1, 1)
+    st.send("beta", st.k2, 4)
+    st.send("flaky", st.k2, 2)
+    wait_usage_exact(st, st.cp)
+
+    # the rows: one per combination (and minute), with the key's agent and user
+    rows = fresh_db.psql("SELECT deployment, model, key, agent, user_name, sum(requests),"
+                         " sum(successes), sum(prompt_tokens) FROM usage_combo_minute"
+                         " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3")
+    want = {}
+    for model, key in st.sent:
+        c = combo_of(model, key)
+        k = (c["deployment"], model, key, c["agent"], c["user"])
+        want[k] = want.get(k, 0) + 1
+    assert rows == [[*k, str(n), str(n), str(n * USAGE["a-up" if k[0] == "dep-a" else "b-up"][0])]
+                    for k, n in sorted(want.items())]
+
+    # the cost of model X for user Y on deployment Z, per minute, with latency per combination
+    obj = st.cp.ok("GET", "/usage?group_by=user&model=alpha&deployment=dep-a&interval=minute")
+    assert {r["group"] for r in obj["data"]} == {"ana", "bob"}
+    assert all(r["avg_latency_ms"] is not None and r["p95_latency_ms"] is not None
+               and r["success_rate"] == 1.0 for r in obj["data"])
+    # a filter nothing matches: no rows, not an error
+    assert st.cp.ok("GET", "/usage?model=nope")["data"] == []
+    # without a filter the object rollups answer as before: a deployment counts attempts
+    dep_bad = expected(st.sent, "deployment")["dep-bad"]
+    assert usage(st.cp, "deployment")["dep-bad"] == dep_bad
+    assert "dep-bad" not in usage_filtered(st.cp, "deployment", model="flaky")
+
+    # the gauge of cells in use, and no overflow
+    metrics = st.cp.request("GET", "/metrics")[2].decode()
+    assert "switchyard_usage_combination_overflow_total 0" in metrics
+    assert "switchyard_usage_combinations 6" in metrics, metrics
+    stays_exact(st, st.cp, 3 * FLUSH_MS / 1000)
+
+
+@pytest.mark.timeout(120)
+def test_a_reused_slot_does_not_take_the_old_objects_combination_counts(build_dir, tmp_path,
+                                                                      fresh_db, mock):
+    # No flush between the two owners of the slots: only the last one, at stop.
+    st = Stack(build_dir, str(tmp_path), fresh_db.url, mock, flush_ms=3600000)
+    try:
+        st.cp.ok("POST", "/deployments", {"name": "dep-old", "provider": "mock",
+                                          "model": "a-up"}, 201)
+        old = st.cp.ok("POST", "/models", {"name": "short-lived",
+                                           "targets": [{"deployment": "dep-old"}]}, 201)
+        st.wait_workers()
+        st.send("short-lived", st.k1, 2)
+        st.cp.ok("DELETE", f"/models/{old['name']}", want=204)
+        st.cp.ok("DELETE", "/deployments/dep-old", want=204)
+        st.cp.ok("POST", "/deployments", {"name": "dep-new", "provider": "mock",
+                                          "model": "b-up"}, 201)
+        new = st.cp.ok("POST", "/models", {"name": "short-lived",
+                                           "targets": [{"deployment": "dep-new"}]}, 201)
+        assert new["slot"] == old["slot"], "the model's slot is reused"
+        st.wait_workers()
+        st.send("short-lived", st.k1, 3)
+        st.cp.stop(15)  # the last flush
+        rows = fresh_db.psql("SELECT deployment, model, key, sum(requests) FROM"
+                             " usage_combo_minute WHERE model = 'short-lived'"
+                             " GROUP BY 1, 2, 3 ORDER BY 1")
+        assert rows == [["dep-new", "short-lived", "k-one", "3"],
+                        ["dep-old", "short-lived", "k-one", "2"]], rows
+    finally:
+        st.close()
+
+
 @pytest.mark.timeout(60)
 def test_the_events_of_a_request_tell_its_story(stack):
     st = stack
@@ -323,6 +468,9 @@ def test_the_events_of_a_request_tell_its_story(stack):
     ("to=2030-13-01T00:00:00Z", "to"),
     ("from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z", "from"),
     ("interval=minute&from=2000-01-01T00:00:00Z", "interval"),
+    ("model=", "model"),
+    ("user=" + "u" * 300, "user"),
+    ("group_by=key&deployment=", "deployment"),
 ])
 def test_usage_validation_errors_name_the_parameter(stack, query, param):
     status, _, obj = stack.cp.admin("GET", "/usage?" + query)

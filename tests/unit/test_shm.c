@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The node-wide shared memory: layout facts, create/attach and what attach refuses, a forked
  * process seeing another's writes, counters from several processes summing exactly, the
- * histogram buckets, slot reuse, reaping a dead worker, the key-model table, and the decision
- * log ring (single and multi producer, full, a stalled producer). Prints the cost of a counter
- * bump. */
+ * histogram buckets, slot reuse, reaping a dead worker, the key-model table, the combination
+ * cells (claimed, racing, overflowing), and the decision log ring (single and multi producer, full,
+ * a stalled producer). Prints the cost of a counter bump. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -77,8 +77,9 @@ static void layout_blocks_are_aligned_ordered_and_sized(void **state)
     assert_int_equal(h.version, SY_SHM_VERSION);
     assert_int_equal(h.header_size, sizeof(struct sy_shm_header));
 
+    assert_int_equal(caps.combo_cells, SY_SHM_DEFAULT_COMBOS);
     uint64_t offs[] = {h.off_workers,    h.off_deployments, h.off_models, h.off_keys,
-                       h.off_key_models, h.off_events,      h.off_shards};
+                       h.off_key_models, h.off_events,      h.off_combos, h.off_shards};
     uint64_t ends[] = {
         h.off_workers + caps.max_workers * sizeof(struct sy_shm_worker),
         h.off_deployments + caps.max_deployments * sizeof(struct sy_shm_dep_state),
@@ -87,6 +88,7 @@ static void layout_blocks_are_aligned_ordered_and_sized(void **state)
         h.off_key_models + caps.key_model_entries * sizeof(struct sy_shm_key_model),
         h.off_events + sizeof(struct sy_shm_event_ring) +
             caps.event_cells * sizeof(struct sy_shm_event_cell),
+        h.off_combos + (caps.combo_cells + 1) * sizeof(struct sy_shm_combo),
         h.off_shards + caps.max_workers * h.shard_stride,
     };
     assert_true(h.off_workers >= sizeof(struct sy_shm_header));
@@ -104,11 +106,12 @@ static void layout_blocks_are_aligned_ordered_and_sized(void **state)
 
     /* the sizes a reader of the report wants, for the default capacities */
     print_message("layout (defaults: %u workers, %u deployments, %u models, %u keys, "
-                  "%u key-model entries, %u events):\n",
+                  "%u key-model entries, %u events, %u combinations):\n",
                   caps.max_workers, caps.max_deployments, caps.max_models, caps.max_keys,
-                  caps.key_model_entries, caps.event_cells);
+                  caps.key_model_entries, caps.event_cells, caps.combo_cells);
     const char *names[] = {"workers",    "deployments", "models", "keys",
-                           "key_models", "events",      "shards"};
+                           "key_models", "events",      "combos", "shards"};
+    static_assert(SY_ARRAY_LEN(names) == SY_ARRAY_LEN(offs), "a name per block");
     for (size_t i = 0; i < SY_ARRAY_LEN(offs); i++)
         print_message("  %-12s @%10llu  %10llu bytes\n", names[i], (unsigned long long)offs[i],
                       (unsigned long long)(ends[i] - offs[i]));
@@ -809,6 +812,166 @@ static void many_producers_one_consumer_every_record_once_in_order(void **state)
 
 /* ---- cost ---------------------------------------------------------------------------------- */
 
+/* ---- usage per combination ----------------------------------------------------------------- */
+
+static void combination_cells_are_found_claimed_and_overflow(void **state)
+{
+    char *path = tmp_path();
+    struct sy_shm_caps caps = {.max_workers = 1,
+                               .max_deployments = 4,
+                               .max_models = 4,
+                               .max_keys = 64,
+                               .event_cells = 4,
+                               .combo_cells = 50};
+    struct sy_shm *shm = make(path, &caps);
+    assert_int_equal(shm->caps.combo_cells, 64); /* a power of two */
+
+    struct sy_shm_combo *a = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 1003});
+    assert_non_null(a);
+    assert_ptr_equal(sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 1003}), a);
+    /* the same slots for another key id (a reused key slot) is another combination */
+    struct sy_shm_combo *b = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 2003});
+    /* and so is a reused deployment or model slot (another id), even for the same key */
+    struct sy_shm_combo *dep2 = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 71, 0, 1003});
+    struct sy_shm_combo *mod2 = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 0, 72, 1003});
+    assert_true(dep2 && mod2 && dep2 != a && mod2 != a && dep2 != mod2 && dep2 != b);
+    assert_ptr_equal(sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 2, 3, 71, 0, 1003}), dep2);
+    assert_non_null(b);
+    assert_ptr_not_equal(a, b);
+    /* a part may be missing; all three missing is no combination */
+    struct sy_shm_combo *nokey =
+        sy_shm_combo(shm, &(struct sy_shm_combo_ids){SY_SHM_NO_SLOT, 2, SY_SHM_NO_SLOT, 0, 0, 0});
+    assert_non_null(nokey);
+    assert_ptr_not_equal(nokey, a);
+    assert_null(sy_shm_combo(
+        shm, &(struct sy_shm_combo_ids){SY_SHM_NO_SLOT, SY_SHM_NO_SLOT, SY_SHM_NO_SLOT, 0, 0, 0}));
+
+    sy_shm_combo_count(a, SY_OUTCOME_SUCCESS, 10, 5, 700, 1500);
+    sy_shm_combo_count(a, SY_OUTCOME_UPSTREAM_5XX, 0, 0, 0, 20000);
+    sy_shm_combo_count(b, SY_OUTCOME_RATE_LIMITED, 0, 0, 0, 10);
+    sy_shm_combo_count(NULL, SY_OUTCOME_SUCCESS, 1, 1, 1, 1); /* nothing, no crash */
+
+    /* the reader decodes each cell back to its slots and key id, read-only */
+    struct sy_shm *ro = NULL;
+    char *err = NULL;
+    assert_int_equal(sy_shm_attach(path, false, &ro, &err), 0);
+    assert_null(sy_shm_combo(ro, &(struct sy_shm_combo_ids){1, 2, 3, 0, 0, 1003}));
+    unsigned found = 0;
+    for (uint32_t i = 0; i < ro->caps.combo_cells; i++) {
+        struct sy_shm_combo_totals t;
+        if (!sy_shm_combo_peek(ro, i, &t))
+            continue;
+        found++;
+        assert_false(t.overflow);
+        if (t.deployment_id == 71 || t.model_id == 72) {
+            assert_int_equal(t.key_id, 1003);
+            assert_int_equal(t.deployment_slot, 1);
+            assert_int_equal(t.deployment_id + t.model_id, t.deployment_id ? 71 : 72);
+            assert_int_equal(t.ctr[SY_COMBO_REQUESTS], 0);
+        } else if (t.key_id == 1003) {
+            assert_int_equal(t.deployment_slot, 1);
+            assert_int_equal(t.model_slot, 2);
+            assert_int_equal(t.key_slot, 3);
+            assert_int_equal(t.ctr[SY_COMBO_REQUESTS], 2);
+            assert_int_equal(t.ctr[SY_COMBO_SUCCESSES], 1);
+            assert_int_equal(t.ctr[SY_COMBO_PROMPT_TOKENS], 10);
+            assert_int_equal(t.ctr[SY_COMBO_COMPLETION_TOKENS], 5);
+            assert_int_equal(t.ctr[SY_COMBO_COST_MICROS], 700);
+            assert_int_equal(t.hist_sum_us, 21500);
+            assert_int_equal(t.hist[sy_hist_bucket(1500)] + t.hist[sy_hist_bucket(20000)], 2);
+        } else if (t.key_id == 2003) {
+            assert_int_equal(t.ctr[SY_COMBO_RATE_LIMITED], 1);
+        } else {
+            assert_int_equal(t.key_id, 0);
+            assert_int_equal(t.deployment_slot, SY_SHM_NO_SLOT);
+            assert_int_equal(t.key_slot, SY_SHM_NO_SLOT);
+            assert_int_equal(t.model_slot, 2);
+        }
+    }
+    assert_int_equal(found, 5);
+    struct sy_shm_combo_totals t;
+    assert_false(sy_shm_combo_peek(ro, ro->caps.combo_cells, &t)); /* empty overflow */
+    assert_false(sy_shm_combo_peek(ro, ro->caps.combo_cells + 1, &t));
+
+    /* fill the table: 64 cells, more combinations; the rest go to the overflow cell, counted */
+    struct sy_shm_combo *over = &shm->combos[shm->caps.combo_cells];
+    unsigned overflowed = 0;
+    for (uint32_t k = 0; k < 64; k++)
+        for (uint32_t d = 0; d < 4; d++) {
+            struct sy_shm_combo *e =
+                sy_shm_combo(shm, &(struct sy_shm_combo_ids){d, 0, k, 0, 0, 5000 + k});
+            assert_non_null(e);
+            sy_shm_combo_count(e, SY_OUTCOME_SUCCESS, 1, 0, 0, 1);
+            overflowed += e == over;
+        }
+    assert_true(overflowed >= 256 + 5 - 64);
+    assert_int_equal(sy_shm_combo_overflows(ro), overflowed);
+    assert_true(sy_shm_combo_peek(ro, ro->caps.combo_cells, &t));
+    assert_true(t.overflow);
+    assert_int_equal(t.ctr[SY_COMBO_REQUESTS], overflowed);
+    /* a slot beyond capacity counts as overflow too, never out of bounds */
+    assert_ptr_equal(sy_shm_combo(shm, &(struct sy_shm_combo_ids){99, 0, 0, 0, 0, 1}), over);
+    sy_shm_detach(ro);
+    sy_shm_detach(shm);
+    unlink(path);
+    free(path);
+}
+
+/* Processes racing to claim and count the same few combinations: every request is counted once,
+ * in a cell of its own combination. */
+static void processes_racing_on_combinations_count_every_request_once(void **state)
+{
+    enum { PROCS_C = 4, COMBOS = 6, PER = 100000 };
+    char *path = tmp_path();
+    struct sy_shm_caps caps = {.max_workers = PROCS_C,
+                               .max_deployments = 4,
+                               .max_models = 4,
+                               .max_keys = 8,
+                               .event_cells = 4,
+                               .combo_cells = 64};
+    struct sy_shm *shm = make(path, &caps);
+    pid_t pids[PROCS_C];
+    for (int i = 0; i < PROCS_C; i++) {
+        pids[i] = fork();
+        assert_true(pids[i] != -1);
+        if (pids[i] == 0) {
+            for (uint32_t n = 0; n < PER; n++) {
+                uint32_t c = (n + (uint32_t)i) % COMBOS;
+                struct sy_shm_combo *e =
+                    sy_shm_combo(shm, &(struct sy_shm_combo_ids){c % 2, c % 3, c, 0, 0, 100 + c});
+                CHILD_REQUIRE(e && e != &shm->combos[shm->caps.combo_cells]);
+                sy_shm_combo_count(e, SY_OUTCOME_SUCCESS, c, 1, 2, 1000);
+            }
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < PROCS_C; i++)
+        reap_ok(pids[i]);
+    uint64_t req[COMBOS] = {0}, pt[COMBOS] = {0};
+    for (uint32_t i = 0; i < shm->caps.combo_cells; i++) {
+        struct sy_shm_combo_totals t;
+        if (!sy_shm_combo_peek(shm, i, &t))
+            continue;
+        uint32_t c = t.key_slot;
+        assert_true(c < COMBOS);
+        assert_int_equal(t.key_id, 100 + c);
+        assert_int_equal(t.deployment_slot, c % 2);
+        assert_int_equal(t.model_slot, c % 3);
+        req[c] += t.ctr[SY_COMBO_REQUESTS];
+        pt[c] += t.ctr[SY_COMBO_PROMPT_TOKENS];
+    }
+    uint64_t total = 0;
+    for (uint32_t c = 0; c < COMBOS; c++) {
+        assert_int_equal(pt[c], req[c] * c);
+        total += req[c];
+    }
+    assert_int_equal(total, (uint64_t)PROCS_C * PER);
+    assert_int_equal(sy_shm_combo_overflows(shm), 0);
+    sy_shm_detach(shm);
+    unlink(path);
+    free(path);
+}
+
 static void cost_of_a_counter_bump(void **state)
 {
     char *path = tmp_path();
@@ -825,9 +988,17 @@ static void cost_of_a_counter_bump(void **state)
     for (uint64_t i = 0; i < n; i++)
         sy_shm_observe(h, i);
     uint64_t t2 = sy_now_ns();
-    print_message("counter bump: %.2f ns; histogram observe: %.2f ns (over %llu)\n",
+    struct sy_shm_combo *e = NULL;
+    for (uint64_t i = 0; i < n; i++) {
+        e = sy_shm_combo(shm, &(struct sy_shm_combo_ids){1, 0, 0, 0, 0, 42});
+        sy_shm_combo_count(e, SY_OUTCOME_SUCCESS, 10, 5, 700, i & 0xffff);
+    }
+    uint64_t t3 = sy_now_ns();
+    print_message("counter bump: %.2f ns; histogram observe: %.2f ns; combination lookup and "
+                  "count: %.2f ns (over %llu)\n",
                   (double)(t1 - t0) / (double)n, (double)(t2 - t1) / (double)n,
-                  (unsigned long long)n);
+                  (double)(t3 - t2) / (double)n, (unsigned long long)n);
+    assert_int_equal(atomic_load(&e->ctr[SY_COMBO_REQUESTS]), n);
     assert_int_equal(atomic_load(&c->ctr[SY_CTR_PROMPT_TOKENS]), n * (n - 1) / 2);
     sy_shm_detach(shm);
     unlink(path);
@@ -854,6 +1025,8 @@ int main(void)
         cmocka_unit_test(a_full_ring_drops_and_counts),
         cmocka_unit_test(a_producer_that_dies_mid_push_does_not_block_the_ring),
         cmocka_unit_test(many_producers_one_consumer_every_record_once_in_order),
+        cmocka_unit_test(combination_cells_are_found_claimed_and_overflow),
+        cmocka_unit_test(processes_racing_on_combinations_count_every_request_once),
         cmocka_unit_test(cost_of_a_counter_bump),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -108,6 +108,12 @@ struct sy_http_request {
     void *ctx; /* the owner's per-request context (the data plane: its routing table) */
     sy_http_abort_cb on_abort;
     sy_http_drain_cb on_drain;
+
+    /* a copy of the response body as sent (for the request log): the handler points <capture>
+     * at a buffer it owns; the first <capture_max> bytes go into it, <capture_total> counts all */
+    struct sy_buf *capture;
+    size_t capture_max;
+    uint64_t capture_total;
 };
 
 /** The defaults: 64 KiB head, 8 MiB body, 10 s head, 30 s body, 60 s idle, 60 s send. */

@@ -20,6 +20,12 @@
  *   +----------------------------+ off_events
  *   | sy_shm_event_ring          |   positions, drop counters
  *   | sy_shm_event_cell[cells]   |   256-byte cells of the decision log
+ *   +----------------------------+ off_combos
+ *   | sy_shm_combo[cells + 1]    |   usage per (deployment, model, key): open addressing, the
+ *   |                            |   last cell counts what found no room
+ *   +----------------------------+ off_reqlog
+ *   | sy_shm_reqlog_ring         |   positions, drop counters
+ *   | sy_shm_reqlog_cell[cells]  |   1 KiB cells of the request log; a record takes 1 or more
  *   +----------------------------+ off_shards
  *   | shard 0: dep, model, key   |   counters written only by worker 0
  *   | shard 1 ...                |   (shard_stride bytes each, max_workers of them)
@@ -46,15 +52,16 @@
 /** "SYSHMSEG" read as a little-endian 64-bit number. */
 #define SY_SHM_MAGIC UINT64_C(0x4745534d48535953)
 /** Layout version: bump on any change (see above). */
-#define SY_SHM_VERSION 2u
+#define SY_SHM_VERSION 3u
 
 /** "No slot", for an event that concerns no model, deployment or key. */
 #define SY_SHM_NO_SLOT UINT32_MAX
 
 /* Default capacities, used for a zero field of struct sy_shm_caps. With them the segment is
- * 23.5 MiB: 19 MiB of counter shards (608 KiB per worker), a 4 MiB event ring, 0.5 MiB of
- * shared state; sy_shm_create() allocates all of it up front, so a /dev/shm that is too
- * small fails at start-up, never with SIGBUS in a worker. Docker's default /dev/shm is 64 MiB. */
+ * 34.5 MiB: 19 MiB of counter shards (608 KiB per worker), a 4 MiB event ring, 7 MiB of
+ * combination cells, a 4 MiB request-log ring, 0.5 MiB of shared state; sy_shm_create() allocates
+ * all of it up front, so a /dev/shm that is too small fails at start-up, never with SIGBUS in a
+ * worker. Docker's default /dev/shm is 64 MiB. */
 #define SY_SHM_DEFAULT_WORKERS     32u
 #define SY_SHM_DEFAULT_DEPLOYMENTS 256u
 #define SY_SHM_DEFAULT_MODELS      256u
@@ -62,6 +69,8 @@
 #define SY_SHM_DEFAULT_KEY_MODELS  4096u  /* rounded up to a power of two */
 #define SY_SHM_DEFAULT_EVENTS      16384u /* rounded up to a power of two */
 #define SY_SHM_DEFAULT_BUDGETS     256u
+#define SY_SHM_DEFAULT_COMBOS      16384u /* rounded up to a power of two */
+#define SY_SHM_DEFAULT_REQLOG      4096u  /* 1 KiB cells, rounded up to a power of two */
 
 /** How many objects of each kind the segment has room for. */
 struct sy_shm_caps {
@@ -72,6 +81,8 @@ struct sy_shm_caps {
     uint32_t key_model_entries; /* power of two */
     uint32_t event_cells;       /* power of two */
     uint32_t max_budgets;
+    uint32_t combo_cells;       /* power of two; the overflow cell comes on top */
+    uint32_t reqlog_cells;      /* power of two */
 };
 
 /** The kinds of object that own a slot. */
@@ -180,6 +191,8 @@ struct sy_shm_header {
     uint64_t off_keys;
     uint64_t off_key_models;
     uint64_t off_events;
+    uint64_t off_combos;
+    uint64_t off_reqlog;
     uint64_t off_shards;
     uint64_t shard_stride; /* bytes per worker shard */
     /* the shard layout: deployments, then models, then keys */
@@ -262,6 +275,49 @@ struct sy_shm_key_model {
     alignas(64) _Atomic uint64_t tag;
     _Atomic uint64_t rpm;
     _Atomic uint64_t tpm;
+};
+
+/* ---- usage per combination ------------------------------------------------------------------ */
+
+/** Counters of a combination cell: enum name, the usage_flush() field it feeds. */
+#define SY_COMBO_CTR_MAP(X)                                                                        \
+    X(REQUESTS, "requests")         /* requests, whatever their outcome */                         \
+    X(SUCCESSES, "successes")       /* of which succeeded */                                       \
+    X(RATE_LIMITED, "rate_limited") /* of which our own limits refused */                          \
+    X(PROMPT_TOKENS, "prompt_tokens")                                                              \
+    X(COMPLETION_TOKENS, "completion_tokens")                                                      \
+    X(COST_MICROS, "cost_micros")
+
+enum sy_combo_ctr {
+#define SY__X(name, field) SY_COMBO_##name,
+    SY_COMBO_CTR_MAP(SY__X)
+#undef SY__X
+        SY_COMBO_CTR_MAX,
+};
+
+/** A tag being written: the claimer is storing the ids (see struct sy_shm_combo). */
+#define SY_SHM_COMBO_CLAIMING UINT64_MAX
+
+/** The usage of one combination (deployment, model and key: slots and ids), counted by
+ * every worker of the node with relaxed atomic adds on the cell itself (not sharded per worker:
+ * 16,384 cells x 448 bytes is 7 MiB once, sharding would multiply it by the workers; see
+ * docs/benchmarks.md for what a shared add costs).
+ *
+ * An open-addressing table, linear probing: <tag> packs the three slots, each plus one so
+ * that 0 says "none", (deployment << 43 | model << 22 | key), and a cell is claimed once by CAS
+ * from 0 to SY_SHM_COMBO_CLAIMING, then the three ids are stored, then the tag with release
+ * order. A cell matches when the tag and the ids match, so a slot reused by a new object opens
+ * a new cell instead of adding to the old object's. Cells are never freed within a segment:
+ * the flush reads them cumulatively. The cell after the last counts every request that found
+ * no cell within 64 probes (or whose slot does not fit in the tag): its requests are the
+ * overflow count. */
+struct sy_shm_combo {
+    alignas(64) _Atomic uint64_t tag; /* read on every lookup: a line of its own */
+    _Atomic uint64_t key_id;          /* the control plane's ids; 0 for none or unknown */
+    _Atomic uint64_t deployment_id;
+    _Atomic uint64_t model_id;
+    alignas(64) _Atomic uint64_t ctr[SY_COMBO_CTR_MAX];
+    struct sy_shm_hist latency; /* request start to last byte */
 };
 
 /* ---- the decision log ---------------------------------------------------------------------- */
@@ -351,6 +407,67 @@ struct sy_shm_event_ring {
     _Atomic uint64_t skipped;                 /* cells the consumer gave up on */
 };
 
+/* ---- the request log ----------------------------------------------------------------------- */
+
+/** Bytes of record a request-log cell carries. */
+#define SY_REQLOG_CELL_DATA 1008u
+/** The largest body of each side a record carries: more is cut, and flagged. */
+#define SY_REQLOG_BODY_MAX (64u * 1024u)
+
+/** Flags of a request-log record (struct sy_reqlog_head.flags). */
+#define SY_REQLOG_STREAM         (1u << 0) /* the client asked for a stream */
+#define SY_REQLOG_BODIES         (1u << 1) /* the bodies follow the head (the key opted in) */
+#define SY_REQLOG_REQ_TRUNCATED  (1u << 2) /* the request body was cut at the cap */
+#define SY_REQLOG_RESP_TRUNCATED (1u << 3) /* the response body was cut at the cap */
+
+/** The fixed part of a request-log record; <req_len> bytes of request body and <resp_len> of
+ * response body follow it. */
+struct sy_reqlog_head {
+    uint64_t ts_ms;         /* wall clock, when the response ended */
+    uint64_t table_version; /* the routing table the request was served on */
+    uint64_t key_id;        /* the control plane's key id; 0 for none */
+    uint64_t latency_us;    /* request start to the end of the response */
+    uint64_t ttfb_us;       /* request start to the first byte to the client; 0 for none */
+    uint64_t prompt_tokens;
+    uint64_t completion_tokens;
+    uint64_t cost_micros;
+    uint64_t req_size;  /* the request body's size before any cut */
+    uint64_t resp_size; /* the response body's */
+    uint32_t req_len;   /* bytes of request body that follow */
+    uint32_t resp_len;  /* bytes of response body after those */
+    uint32_t worker;
+    uint32_t model_slot; /* SY_SHM_NO_SLOT for none, like the two below */
+    uint32_t deployment_slot;
+    uint32_t key_slot;
+    uint16_t status;   /* HTTP status sent to the client */
+    uint16_t outcome;  /* enum sy_outcome */
+    uint16_t attempts; /* tries at deployments */
+    uint16_t flags;    /* SY_REQLOG_* */
+    char request_id[SY_EVENT_REQUEST_ID_LEN];
+};
+
+/** A cell of the request-log ring: Vyukov's bounded queue, where a record takes <count>
+ * consecutive positions (see shm.c). <flags> bit 0 marks a record's first cell, which holds
+ * <count>; <len> is the bytes of <data> used. */
+struct sy_shm_reqlog_cell {
+    alignas(64) _Atomic uint64_t seq;
+    uint16_t first; /* 1 on a record's first cell */
+    uint16_t count; /* cells of the record, on its first cell */
+    uint32_t len;
+    char data[SY_REQLOG_CELL_DATA];
+};
+
+/** The request-log ring's control block, followed by its cells. */
+struct sy_shm_reqlog_ring {
+    alignas(64) _Atomic uint64_t enqueue_pos;
+    alignas(64) _Atomic uint64_t dequeue_pos;
+    _Atomic uint64_t stall_pos;
+    _Atomic uint64_t stall_since_ms;
+    alignas(64) _Atomic uint64_t dropped; /* records producers could not store */
+    _Atomic uint64_t skipped;             /* cells the consumer gave up on */
+    _Atomic uint64_t pushed;              /* records stored */
+};
+
 /* ---- spend budgets ------------------------------------------------------------------------ */
 
 /** Spend of one budget in its current period, on this node (controlplane/src/budget.c writes
@@ -402,6 +519,10 @@ static_assert(sizeof(struct sy_shm_event) == 248, "event record");
 static_assert(sizeof(struct sy_shm_event_cell) == 256, "event cell");
 static_assert(sizeof(struct sy_shm_event_ring) == 192, "ring control block");
 static_assert(sizeof(struct sy_shm_budget) == 128, "budget: the hot word on its own line");
+static_assert(sizeof(struct sy_shm_combo) == 448, "combination cell: seven lines");
+static_assert(sizeof(struct sy_shm_reqlog_cell) == 1024, "request-log cell");
+static_assert(sizeof(struct sy_shm_reqlog_ring) == 192, "request-log control block");
+static_assert(sizeof(struct sy_reqlog_head) == 152, "request-log record head");
 static_assert(alignof(struct sy_shm_dep_state) == 64 && alignof(struct sy_shm_obj_counters) == 64,
               "blocks start on a cache line");
 static_assert(sizeof(_Atomic uint64_t) == 8 && alignof(_Atomic uint64_t) == 8,
@@ -424,6 +545,9 @@ struct sy_shm {
     struct sy_shm_key_model *key_models;
     struct sy_shm_event_ring *ring;
     struct sy_shm_event_cell *cells;
+    struct sy_shm_combo *combos; /* caps.combo_cells + 1: the last is the overflow cell */
+    struct sy_shm_reqlog_ring *reqlog;
+    struct sy_shm_reqlog_cell *reqlog_cells;
     char *shards;
     uint64_t shard_stride;
     uint64_t shard_off_models;

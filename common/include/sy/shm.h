@@ -269,6 +269,78 @@ struct sy_shm_totals {
 int sy_shm_read(const struct sy_shm *shm, enum sy_shm_kind kind, uint32_t slot,
                 struct sy_shm_totals *out);
 
+/* ---- usage per combination --------------------------------------------------------------------
+ */
+
+/** How far a lookup probes before it counts into the overflow cell. */
+#define SY_SHM_COMBO_PROBES 64u
+
+/** What names a combination: the slots (SY_SHM_NO_SLOT for a part that is missing) and the
+ * control plane's ids (0 for a missing part, or an id the table does not carry). */
+struct sy_shm_combo_ids {
+    uint32_t deployment_slot, model_slot, key_slot;
+    uint64_t deployment_id, model_id, key_id;
+};
+
+/** The cell of the combination <ids> (borrowed), found or claimed lock-free; the overflow cell
+ * when the table has no room around the combination's hash or a slot is beyond capacity; NULL
+ * when all three slots are missing or on a read-only attach. Never blocks, never fails
+ * otherwise. */
+struct sy_shm_combo *sy_shm_combo(struct sy_shm *shm, const struct sy_shm_combo_ids *ids);
+
+/** Count one request into combination cell <e> (NULL: nothing): its outcome <o>, tokens, cost
+ * in millionths and latency <total_us>. About ten relaxed adds on lines the node's workers
+ * share. */
+static inline void sy_shm_combo_count(struct sy_shm_combo *e, enum sy_outcome o,
+                                      uint64_t prompt_tokens, uint64_t completion_tokens,
+                                      uint64_t cost_micros, uint64_t total_us)
+{
+    if (!e)
+        return;
+    atomic_fetch_add_explicit(&e->ctr[SY_COMBO_REQUESTS], 1, memory_order_relaxed);
+    if (o == SY_OUTCOME_SUCCESS)
+        atomic_fetch_add_explicit(&e->ctr[SY_COMBO_SUCCESSES], 1, memory_order_relaxed);
+    else if (o == SY_OUTCOME_RATE_LIMITED)
+        atomic_fetch_add_explicit(&e->ctr[SY_COMBO_RATE_LIMITED], 1, memory_order_relaxed);
+    if (prompt_tokens)
+        atomic_fetch_add_explicit(&e->ctr[SY_COMBO_PROMPT_TOKENS], prompt_tokens,
+                                  memory_order_relaxed);
+    if (completion_tokens)
+        atomic_fetch_add_explicit(&e->ctr[SY_COMBO_COMPLETION_TOKENS], completion_tokens,
+                                  memory_order_relaxed);
+    if (cost_micros)
+        atomic_fetch_add_explicit(&e->ctr[SY_COMBO_COST_MICROS], cost_micros, memory_order_relaxed);
+    sy_shm_observe(&e->latency, total_us);
+}
+
+/** A combination cell as read by sy_shm_combo_peek(). */
+struct sy_shm_combo_totals {
+    bool overflow;            /* the overflow cell: the slots below are meaningless */
+    uint32_t deployment_slot; /* SY_SHM_NO_SLOT for none, like the two below */
+    uint32_t model_slot;
+    uint32_t key_slot;
+    uint64_t key_id;
+    uint64_t deployment_id;
+    uint64_t model_id;
+    uint64_t ctr[SY_COMBO_CTR_MAX];
+    uint64_t hist[SY_HIST_BUCKETS]; /* per bucket */
+    uint64_t hist_sum_us;
+};
+
+/** Read cell <i> (0 to caps.combo_cells; the last is the overflow cell) into <out> (zeroed
+ * first). False when the cell holds no combination (free or being claimed) or is the overflow
+ * cell with nothing in it. Works on a read-only attach. */
+bool sy_shm_combo_peek(const struct sy_shm *shm, uint32_t i, struct sy_shm_combo_totals *out);
+
+/** Requests counted into the overflow cell: they found no cell of their own. */
+static inline uint64_t sy_shm_combo_overflows(const struct sy_shm *shm)
+{
+    return shm->combos
+               ? atomic_load_explicit(&shm->combos[shm->caps.combo_cells].ctr[SY_COMBO_REQUESTS],
+                                      memory_order_relaxed)
+               : 0;
+}
+
 /* ---- decision log -------------------------------------------------------------------------- */
 
 /** Make <ev> an empty event of <kind> for request <request_id> (borrowed; NULL for none): no
@@ -298,6 +370,33 @@ static inline uint64_t sy_shm_event_dropped(const struct sy_shm *shm)
 static inline uint64_t sy_shm_event_skipped(const struct sy_shm *shm)
 {
     return atomic_load_explicit(&shm->ring->skipped, memory_order_relaxed);
+}
+
+/* ---- request log -------------------------------------------------------------------------- */
+
+/** Append the record <head> (borrowed) with its <head>->req_len bytes of request body <req> and
+ * <head>->resp_len bytes of response body <resp> (borrowed; NULL when the length is 0) to the
+ * request-log ring. Never blocks: when the ring has no room the record is dropped, counted, and
+ * -ENOBUFS returned (-EMSGSIZE for a record larger than the ring). -EROFS on a read-only
+ * attach. */
+int sy_shm_reqlog_push(struct sy_shm *shm, const struct sy_reqlog_head *head, const char *req,
+                       const char *resp);
+
+/** The single consumer: copy the oldest record (its head, then its bodies) into <out> of <cap>
+ * bytes (at least SY_SHM_REQLOG_RECORD_MAX) and its size into *<len>. Returns 0, or -EAGAIN
+ * when there is nothing to read yet; a stalled producer's cells are skipped after
+ * SY_SHM_EVENT_STALL_MS by <now_ms> (monotonic), as for the decision log. */
+int sy_shm_reqlog_pop(struct sy_shm *shm, uint64_t now_ms, void *out, size_t cap, size_t *len);
+
+/** A buffer for sy_shm_reqlog_pop() that any record fits in, rounded to whole cells. */
+#define SY_SHM_REQLOG_RECORD_MAX                                                                   \
+    (((sizeof(struct sy_reqlog_head) + 2 * SY_REQLOG_BODY_MAX) / SY_REQLOG_CELL_DATA + 1) *        \
+     SY_REQLOG_CELL_DATA)
+
+/** Request-log records dropped (the ring was full, or a record was skipped half-way). */
+static inline uint64_t sy_shm_reqlog_dropped(const struct sy_shm *shm)
+{
+    return shm->reqlog ? atomic_load_explicit(&shm->reqlog->dropped, memory_order_relaxed) : 0;
 }
 
 /* ---- names from the X-macro lists ---------------------------------------------------------- */

@@ -87,6 +87,7 @@ struct sy_deployment {
     uint32_t weight;
     uint32_t slot; /* index in the shared-memory counters, assigned by the control plane */
     bool enabled;
+    uint64_t id; /* the control plane's id (0: not given), for usage per combination */
 };
 
 /** A target of a public model: a deployment (by index into the table) and its weight. */
@@ -194,6 +195,7 @@ struct sy_model {
     uint32_t total_weight; /* sum of the weights of targets on enabled deployments; may be 0 */
     uint32_t slot;
     struct sy_policy policy; /* defaults when the table gives none */
+    uint64_t id;             /* the control plane's id (0: not given), as for deployments */
 };
 
 /** A client key's limits on one public model, on top of the key's own. */
@@ -226,6 +228,15 @@ struct sy_key {
     uint32_t n_model_limits;
     uint32_t *budgets; /* indices into the table's budgets of those that cover the key */
     uint32_t n_budgets;
+    bool log_bodies; /* the request log may keep this key's prompts and answers */
+};
+
+/** What the data plane writes to the request log (set by the control plane's --request-log). */
+enum sy_request_log {
+    SY_REQUEST_LOG_OFF = 0,  /* nothing */
+    SY_REQUEST_LOG_METADATA, /* one record per request: who, what, how it ended, no content */
+    SY_REQUEST_LOG_BODIES,   /* ...plus prompts and answers of keys with log_bodies */
+    SY_REQUEST_LOG_MAX,
 };
 
 /** Calendar periods of a spend budget. */
@@ -334,4 +345,5 @@ struct sy_table {
      * guardrails); not part of the wire form. NULL when none. */
     void *ext;
     void (*ext_free)(void *ext);
+    enum sy_request_log request_log; /* node-wide, live with each table */
 };

@@ -101,6 +101,11 @@ bool sy_key_allows_model(const struct sy_key *k, const char *model, size_t len);
 
 /** The limits key <k> has on public model <model> (borrowed), or NULL when it has none. */
 const struct sy_key_limit *sy_key_model_limit(const struct sy_key *k, const char *model);
+/** The name of request-log mode <mode> ("off", "metadata", "bodies"), as in the table. */
+const char *sy_request_log_name(enum sy_request_log mode);
+
+/** Parse <s> (borrowed) as a request-log mode name into *<mode>; false if it is none. */
+bool sy_request_log_parse(const char *s, enum sy_request_log *mode);
 
 /** Take one more reference on <t>. */
 static inline struct sy_table *sy_table_ref(struct sy_table *t)
