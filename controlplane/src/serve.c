@@ -73,6 +73,7 @@ static const char usage_text[] =
     "                            request) or bodies (metadata, plus prompts and answers of\n"
     "                            keys with log_bodies)\n"
     "  --request-log-retention-days N  SWITCHYARD_REQUEST_LOG_RETENTION_DAYS: kept (7)\n"
+    "  --audit-retention-days N  SWITCHYARD_AUDIT_RETENTION_DAYS: audit records kept (365)\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -149,6 +150,7 @@ enum {
     OPT_ADMIN_TLS_KEY,
     OPT_REQUEST_LOG,
     OPT_REQUEST_LOG_RETENTION,
+    OPT_AUDIT_RETENTION,
     OPT_LONG_MAX,
 };
 
@@ -162,8 +164,8 @@ static int int_setting(const char *text, const char *flag, int min, int max, int
     if (!text)
         return 0;
     if (!sy_parse_u64(text, strlen(text), &v) || v < (uint64_t)min || v > (uint64_t)max)
-        return cp__fail(err, -EINVAL, "%s must be a whole number from %d to %d, not \"%s\"",
-                        flag, min, max, text);
+        return cp__fail(err, -EINVAL, "%s must be a whole number from %d to %d, not \"%s\"", flag,
+                        min, max, text);
     *out = (int)v;
     return 0;
 }
@@ -202,6 +204,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *heartbeat_ms = env_dup("SWITCHYARD_HEARTBEAT_MS");
     char *reqlog = env_dup("SWITCHYARD_REQUEST_LOG");
     char *reqlog_days = env_dup("SWITCHYARD_REQUEST_LOG_RETENTION_DAYS");
+    char *audit_days = env_dup("SWITCHYARD_AUDIT_RETENTION_DAYS");
 
     static const struct option opts[] = {
         {"database-url", required_argument, NULL, 'd'},
@@ -232,6 +235,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"admin-tls-key", required_argument, NULL, OPT_ADMIN_TLS_KEY},
         {"request-log", required_argument, NULL, OPT_REQUEST_LOG},
         {"request-log-retention-days", required_argument, NULL, OPT_REQUEST_LOG_RETENTION},
+        {"audit-retention-days", required_argument, NULL, OPT_AUDIT_RETENTION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -240,35 +244,97 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'd': set(&c->database_url, optarg); break;
-        case 'l': set(&c->admin_listen, optarg); break;
-        case 't': set(&c->admin_token, optarg); break;
-        case 'T': set(&admin_file, optarg); break;
-        case 'r': set(&c->readonly_token, optarg); break;
-        case 'R': set(&ro_file, optarg); break;
-        case 's': set(&c->socket_path, optarg); break;
-        case 'n': set(&c->node_id, optarg); break;
-        case 'p': set(&c->port_file, optarg); break;
-        case 'L': set(&c->log_level, optarg); break;
-        case 'S': set(&mc->shm_path, optarg); break;
-        case 'm': set(&mc->token, optarg); break;
-        case 'M': set(&metrics_file, optarg); break;
-        case OPT_USAGE_RETENTION: set(&usage_days, optarg); break;
-        case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
-        case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
-        case OPT_ALERT_INTERVAL: set(&alert_ms, optarg); break;
-        case OPT_WEBHOOK_CA_FILE: set(&c->webhook_ca_file, optarg); break;
-        case OPT_WEBHOOK_TIMEOUT: set(&wh_timeout, optarg); break;
-        case OPT_WEBHOOK_ATTEMPTS: set(&wh_attempts, optarg); break;
-        case OPT_WEBHOOK_BACKOFF: set(&wh_backoff, optarg); break;
-        case OPT_WEBHOOK_CONCURRENCY: set(&wh_conc, optarg); break;
-        case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
-        case OPT_ADMIN_TLS_CERT: set(&c->admin_tls_cert, optarg); break;
-        case OPT_ADMIN_TOKENS_FILE: set(&c->tokens_file, optarg); break;
-        case OPT_ADMIN_TLS_KEY: set(&c->admin_tls_key, optarg); break;
-        case OPT_REQUEST_LOG: set(&reqlog, optarg); break;
-        case OPT_REQUEST_LOG_RETENTION: set(&reqlog_days, optarg); break;
-        case 'h': fputs(usage_text, stdout); rc = 1; goto out;
+        case 'd':
+            set(&c->database_url, optarg);
+            break;
+        case 'l':
+            set(&c->admin_listen, optarg);
+            break;
+        case 't':
+            set(&c->admin_token, optarg);
+            break;
+        case 'T':
+            set(&admin_file, optarg);
+            break;
+        case 'r':
+            set(&c->readonly_token, optarg);
+            break;
+        case 'R':
+            set(&ro_file, optarg);
+            break;
+        case 's':
+            set(&c->socket_path, optarg);
+            break;
+        case 'n':
+            set(&c->node_id, optarg);
+            break;
+        case 'p':
+            set(&c->port_file, optarg);
+            break;
+        case 'L':
+            set(&c->log_level, optarg);
+            break;
+        case 'S':
+            set(&mc->shm_path, optarg);
+            break;
+        case 'm':
+            set(&mc->token, optarg);
+            break;
+        case 'M':
+            set(&metrics_file, optarg);
+            break;
+        case OPT_USAGE_RETENTION:
+            set(&usage_days, optarg);
+            break;
+        case OPT_EVENTS_RETENTION:
+            set(&events_days, optarg);
+            break;
+        case OPT_USAGE_FLUSH:
+            set(&flush_ms, optarg);
+            break;
+        case OPT_ALERT_INTERVAL:
+            set(&alert_ms, optarg);
+            break;
+        case OPT_WEBHOOK_CA_FILE:
+            set(&c->webhook_ca_file, optarg);
+            break;
+        case OPT_WEBHOOK_TIMEOUT:
+            set(&wh_timeout, optarg);
+            break;
+        case OPT_WEBHOOK_ATTEMPTS:
+            set(&wh_attempts, optarg);
+            break;
+        case OPT_WEBHOOK_BACKOFF:
+            set(&wh_backoff, optarg);
+            break;
+        case OPT_WEBHOOK_CONCURRENCY:
+            set(&wh_conc, optarg);
+            break;
+        case OPT_HEARTBEAT:
+            set(&heartbeat_ms, optarg);
+            break;
+        case OPT_ADMIN_TLS_CERT:
+            set(&c->admin_tls_cert, optarg);
+            break;
+        case OPT_ADMIN_TOKENS_FILE:
+            set(&c->tokens_file, optarg);
+            break;
+        case OPT_ADMIN_TLS_KEY:
+            set(&c->admin_tls_key, optarg);
+            break;
+        case OPT_REQUEST_LOG:
+            set(&reqlog, optarg);
+            break;
+        case OPT_REQUEST_LOG_RETENTION:
+            set(&reqlog_days, optarg);
+            break;
+        case OPT_AUDIT_RETENTION:
+            set(&audit_days, optarg);
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            rc = 1;
+            goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
                           argv[optind - 1]);
@@ -309,6 +375,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
                           err)) < 0 ||
         (rc = int_setting(reqlog_days, "--request-log-retention-days", 1, 36500, 7,
                           &c->request_log_retention_days, err)) < 0 ||
+        (rc = int_setting(audit_days, "--audit-retention-days", 1, 36500, 365,
+                          &c->audit_retention_days, err)) < 0 ||
         (rc = int_setting(heartbeat_ms, "--heartbeat-ms", 100, 60000, 5000, &c->heartbeat_ms,
                           err)) < 0)
         goto out;
@@ -374,6 +442,7 @@ out:
     free(heartbeat_ms);
     free(reqlog);
     free(reqlog_days);
+    free(audit_days);
     free(metrics_file);
     if (rc != 0) {
         config_free(c);
@@ -541,7 +610,8 @@ int cp_serve(int argc, char **argv)
         fprintf(stderr, "switchyard-controlplane: %s\n",
                 rc == -ENOENT ? "no master key: set SWITCHYARD_MASTER_KEY or "
                                 "SWITCHYARD_MASTER_KEY_FILE (64 hex characters)"
-                              : err ? err : "out of memory");
+                : err         ? err
+                              : "out of memory");
         goto out_cfg;
     }
     /* Migrations run before the loop serves: nothing can be served from an old schema. */
@@ -586,8 +656,8 @@ int cp_serve(int argc, char **argv)
     if (rc == 0)
         rc = sy_http_server_start(&cp->http);
     if (rc < 0) {
-        fprintf(stderr, "switchyard-controlplane: cannot listen on %s: %s\n",
-                cp->cfg.admin_listen, uv_strerror(rc));
+        fprintf(stderr, "switchyard-controlplane: cannot listen on %s: %s\n", cp->cfg.admin_listen,
+                uv_strerror(rc));
         goto out_db;
     }
     struct sockaddr_storage bound;

@@ -25,14 +25,14 @@ struct cp_reqlog;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
-    char *database_url;   /* SWITCHYARD_DATABASE_URL, --database-url */
-    char *admin_listen;   /* SWITCHYARD_ADMIN_LISTEN, --admin-listen (127.0.0.1:9090) */
-    char *admin_token;    /* SWITCHYARD_ADMIN_TOKEN(_FILE), --admin-token(-file): read-write */
-    char *readonly_token; /* SWITCHYARD_READONLY_TOKEN(_FILE), --readonly-token(-file) */
-    char *socket_path;    /* SWITCHYARD_SOCKET, --socket: where data planes connect */
-    char *node_id;        /* SWITCHYARD_NODE_ID, --node-id (default: the host name) */
-    char *port_file;      /* --port-file: write the admin port once listening (tests) */
-    char *log_level;      /* SWITCHYARD_LOG_LEVEL, --log-level */
+    char *database_url;        /* SWITCHYARD_DATABASE_URL, --database-url */
+    char *admin_listen;        /* SWITCHYARD_ADMIN_LISTEN, --admin-listen (127.0.0.1:9090) */
+    char *admin_token;         /* SWITCHYARD_ADMIN_TOKEN(_FILE), --admin-token(-file): read-write */
+    char *readonly_token;      /* SWITCHYARD_READONLY_TOKEN(_FILE), --readonly-token(-file) */
+    char *socket_path;         /* SWITCHYARD_SOCKET, --socket: where data planes connect */
+    char *node_id;             /* SWITCHYARD_NODE_ID, --node-id (default: the host name) */
+    char *port_file;           /* --port-file: write the admin port once listening (tests) */
+    char *log_level;           /* SWITCHYARD_LOG_LEVEL, --log-level */
     int usage_retention_days;  /* SWITCHYARD_USAGE_RETENTION_DAYS, --usage-retention-days (30) */
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
@@ -50,6 +50,7 @@ struct cp_config {
     char *admin_tls_key;  /* SWITCHYARD_ADMIN_TLS_KEY, --admin-tls-key: its private key */
     enum sy_request_log request_log; /* SWITCHYARD_REQUEST_LOG, --request-log (off) */
     int request_log_retention_days;  /* SWITCHYARD_REQUEST_LOG_RETENTION_DAYS (7) */
+    int audit_retention_days;        /* SWITCHYARD_AUDIT_RETENTION_DAYS (365) */
 };
 
 enum cp_role {

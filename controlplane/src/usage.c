@@ -332,7 +332,7 @@ struct cp_usage {
 static const char flush_sql[] = "SELECT usage_flush($1, $2::bigint, $3::jsonb)"
                                 " + usage_combo_flush($1, $2::bigint, $4::jsonb)";
 static const char compact_sql[] =
-    "SELECT usage_compact($1::int, $2::int), usage_combo_compact($1::int)";
+    "SELECT usage_compact($1::int, $2::int), usage_combo_compact($1::int), audit_prune($3::int)";
 
 static int64_t wall_ms(void)
 {
@@ -569,11 +569,12 @@ static void on_compact_timer(uv_timer_t *t)
     struct cp_usage *u = t->data;
     if (u->stopping || !cp_db_is_up(u->cp->db))
         return;
-    char days[24], edays[24];
+    char days[24], edays[24], adays[24];
     snprintf(days, sizeof(days), "%d", u->cp->cfg.usage_retention_days);
     snprintf(edays, sizeof(edays), "%d", u->cp->cfg.events_retention_days);
-    const char *params[] = {days, edays};
-    if (cp_db_query(u->cp->db, compact_sql, 2, params, on_compacted, u) == 0)
+    snprintf(adays, sizeof(adays), "%d", u->cp->cfg.audit_retention_days);
+    const char *params[] = {days, edays, adays};
+    if (cp_db_query(u->cp->db, compact_sql, 3, params, on_compacted, u) == 0)
         u->pending++;
 }
 

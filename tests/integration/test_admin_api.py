@@ -24,14 +24,15 @@ PROVIDER_SECRET = "sk-live-" + secrets.token_hex(20)  # must never come back out
 class ControlPlane(harness.HTTPClientMixin):
     """A running switchyard-controlplane; remembers every response body it got."""
 
-    def __init__(self, build_dir, workdir, db_url, name="controlplane"):
+    def __init__(self, build_dir, workdir, db_url, name="controlplane", args=()):
         exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
         self.admin = "adm-" + secrets.token_hex(16)
         self.readonly = "ro-" + secrets.token_hex(16)
         port_file = os.path.join(workdir, f"{name}.port")
         argv = [exe, "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
                 "--admin-token", self.admin, "--readonly-token", self.readonly,
-                "--socket", os.path.join(workdir, f"{name}.sock"), "--port-file", port_file]
+                "--socket", os.path.join(workdir, f"{name}.sock"), "--port-file", port_file,
+                *args]
         self.process = harness.ManagedProcess(name, argv, os.path.join(workdir, f"{name}.log"),
                                               env={"SWITCHYARD_MASTER_KEY": MASTER_KEY})
         self.proc = self.process.proc

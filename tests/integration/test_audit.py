@@ -305,3 +305,25 @@ def test_a_bad_tokens_file_is_fatal_at_start(build_dir, pg_server, db, tmp_path,
         assert fragment in cp.process.log()
     finally:
         cp.process.kill()
+
+
+def test_records_older_than_the_retention_are_pruned(build_dir, pg_server, db, sql, tmp_path):
+    """--audit-retention-days: the periodic compaction (its first run is 5 s after start)
+    deletes what is older, and keeps what is not."""
+    sql("INSERT INTO audit_log (at, actor, action, resource) VALUES"
+        " (now() - interval '40 days', 'old', 'create', 'prune-test'),"
+        " (now() - interval '20 days', 'recent', 'create', 'prune-test')")
+    c = ControlPlane(build_dir, str(tmp_path), pg_server.url_for(db), name="prune",
+                     args=["--audit-retention-days", "30"])
+    try:
+        deadline = time.monotonic() + 20
+        left = None
+        while time.monotonic() < deadline:
+            left = [r[0] for r in sql("SELECT actor FROM audit_log WHERE resource = 'prune-test'"
+                                      " ORDER BY actor")]
+            if left == ["recent"]:
+                break
+            time.sleep(0.2)
+        assert left == ["recent"]
+    finally:
+        c.stop()
