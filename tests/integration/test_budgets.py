@@ -405,6 +405,23 @@ def test_agent_and_user_budgets_cover_every_key_of_theirs(stack):
     assert start.weekday() == 0 and start.hour == 0, got  # Monday, UTC midnight
 
 
+@pytest.mark.timeout(90)
+def test_a_key_budget_counts_its_own_key_and_not_another_of_the_same_name(stack):
+    """Key names need not be unique: the usage rows carry the key's id (migration 013), so a key
+    budget's recorded spend is its key's alone."""
+    st = stack
+    twin = st.cp.ok("POST", "/keys", {"name": "k1", "agent": "bot-a", "user": "ana"}, 201)
+    st.keys["k1-twin"] = (twin["key"], twin["id"])
+    st.budget({"name": "k1-only", "scope": "key", "subject": st.keys["k1"][1], "amount": 1,
+               "period": "day"})
+    st.chat_ok("k1-twin", 3)
+    st.chat_ok("k1", 2)  # 2 x 0.02
+    wait_for("k1's spend", lambda: (lambda g: g if abs(g["spent"] - 0.04) < 1e-9 else None)(
+        st.cp.ok("GET", "/budgets/k1-only")))
+    time.sleep(3 * FLUSH_MS / 1000)  # every request flushed: the twin's 0.06 never joins
+    assert st.cp.ok("GET", "/budgets/k1-only")["spent"] == pytest.approx(0.04)
+
+
 @pytest.mark.timeout(120)
 def test_spend_survives_a_data_plane_restart(stack, fresh_db):
     st = stack
