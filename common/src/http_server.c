@@ -966,7 +966,9 @@ void sy_http_server_init(struct sy_http_server *srv, uv_loop_t *loop,
         srv->id_prefix = (uint32_t)getpid() * 2654435761u;
 }
 
-int sy_http_server_start(struct sy_http_server *srv)
+/* Apart from sy_http_server_start so that the fuzz target (which includes this file) can parse
+ * without a listener. */
+static void parser_settings_init(void)
 {
     llhttp_settings_init(&parser_settings);
     parser_settings.on_message_begin = on_message_begin;
@@ -976,6 +978,11 @@ int sy_http_server_start(struct sy_http_server *srv)
     parser_settings.on_headers_complete = on_headers_complete;
     parser_settings.on_body = on_body;
     parser_settings.on_message_complete = on_message_complete;
+}
+
+int sy_http_server_start(struct sy_http_server *srv)
+{
+    parser_settings_init();
     return uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
 }
 

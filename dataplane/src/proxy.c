@@ -1229,7 +1229,7 @@ static void build_chain(struct proxy *p, uint32_t m)
 }
 
 /* What routing rules look at, read from the parsed body. */
-static void route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
+void dp__route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
 {
     json_t *msgs = json_object_get(root, "messages");
     json_t *tools = json_object_get(root, "tools");
@@ -1384,7 +1384,7 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     const struct sy_policy *pol = policy_of(m);
     /* The messages are walked only for routing rules; limits make do with the body's size. */
     if (pol->n_rules)
-        route_ctx_fill(&ctx, root);
+        dp__route_ctx_fill(&ctx, root);
     else
         ctx.est_tokens = (uint32_t)SY_MIN(req->body.len / 4, (size_t)UINT32_MAX);
     if (!jmax)
