@@ -657,6 +657,12 @@ static int on_headers_complete(llhttp_t *p)
     req->headers = sy_arena_alloc(&req->arena, (c->n_spans ? c->n_spans : 1) * sizeof(*req->headers));
     for (size_t i = 0; i < c->n_spans; i++) {
         struct hdr_span *s = &c->spans[i];
+        if (s->name_len == 0) {
+            /* llhttp 8 lets ": value" through; RFC 9110 field names are tokens. */
+            c->err_status = 400;
+            c->err_msg = "Malformed HTTP request: a header field has an empty name.";
+            return -1;
+        }
         req->headers[i] = (struct sy_http_header){
             .name = c->hbuf.data + s->name_off,
             .name_len = s->name_len,

@@ -34,8 +34,14 @@ static void answer(struct sy_http_request *req)
     size_t qn = 0;
     const char *q = sy_http_req_query(req, "a", &qn);
     FUZZ_CHECK(req->path && strlen(req->path) == req->path_len, "path is NUL-terminated");
-    for (size_t i = 0; i < req->n_headers; i++)
+    for (size_t i = 0; i < req->n_headers; i++) {
+        if (req->headers[i].name_len == 0)
+            for (size_t j = 0; j < req->n_headers; j++)
+                fprintf(stderr, "header %zu: [%.*s] [%.*s]\n", j, (int)req->headers[j].name_len,
+                        req->headers[j].name, (int)req->headers[j].value_len,
+                        req->headers[j].value);
         FUZZ_CHECK(req->headers[i].name_len > 0, "a header has a name");
+    }
     struct sy_buf b = SY_BUF_INIT;
     sy_buf_cat(&b, "path=", req->path, " id=", req->id, NULL);
     if (ct)
