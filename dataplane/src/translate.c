@@ -205,9 +205,12 @@ static struct jv jv_of(const char *d, size_t n)
     return v;
 }
 
+/* A value cut out of the upstream's document goes into ours repaired: the scanner does not
+ * check what is inside strings, and a client's JSON parser would reject raw control characters
+ * or bytes that are not UTF-8 (found by the fuzz_translate_stream_* targets). */
 static inline void put_jv(struct sy_buf *b, struct jv v)
 {
-    sy_buf_append(b, v.p, (size_t)(v.e - v.p));
+    sy_buf_json_repair(b, v.p, (size_t)(v.e - v.p));
 }
 
 static void put_u64(struct sy_buf *b, uint64_t v)

@@ -35,6 +35,19 @@ static inline bool fuzz_is_json(const char *d, size_t n)
     return true;
 }
 
+/** Abort with <what> when <d>/<n> is not one JSON value; prints it and jansson's complaint. */
+static inline void fuzz_require_json(const char *d, size_t n, const char *what)
+{
+    json_error_t e;
+    json_t *v = json_loadb(d, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+    if (!v) {
+        fprintf(stderr, "not JSON (%s at %d): %.*s\n", e.text, e.position,
+                (int)(n > 2000 ? 2000 : n), d);
+        FUZZ_CHECK(false, what);
+    }
+    json_decref(v);
+}
+
 /** A copy of <d>/<n> in a buffer of exactly <n> bytes, so ASan sees any read past its end; the
  * caller frees it. */
 static inline char *fuzz_dup(const void *d, size_t n)

@@ -90,7 +90,7 @@ static inline void fuzz_tr_response(enum dp_api from, enum dp_api to, const uint
     int st = 0;
     dp_tr_error(from, to, status, body, len, &out, &st);
     FUZZ_CHECK(st >= 100 && st <= 599, "client status is an HTTP status");
-    FUZZ_CHECK(fuzz_is_json(out.data, out.len), "translated error is JSON");
+    fuzz_require_json(out.data, out.len, "translated error is JSON");
 
     struct dp_usage u2 = {0};
     dp_usage_from_json(from, body, len, &u2);
@@ -124,7 +124,7 @@ static inline int fuzz_check_out_event(void *ud, const struct sy_sse_event *ev)
         return 0; /* a comment or an event without data */
     if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0)
         return 0;
-    FUZZ_CHECK(fuzz_is_json(ev->data, ev->data_len), "translated event data is JSON");
+    fuzz_require_json(ev->data, ev->data_len, "translated event data is JSON");
     return 0;
 }
 

@@ -17,7 +17,7 @@ secs=$2
 shift 2
 bin=$build/tests/fuzz
 if (($# == 0)); then
-    set -- $(cd "$bin" && ls fuzz_* 2>/dev/null | grep -v '\.p$' | sed 's/^fuzz_//')
+    set -- $(find "$bin" -maxdepth 1 -type f -executable -name "fuzz_*" -printf "%f\n" | sed "s/^fuzz_//" | sort)
 fi
 if (($# == 0)); then
     echo "fuzz: no targets in $bin" >&2
