@@ -31,7 +31,7 @@ enum conn_timer {
     TIMER_NONE = 0,
     TIMER_IDLE,   /* keep-alive idle: close quietly */
     TIMER_HEAD,   /* head not complete in time: 408 */
-    TIMER_BODY,   /* body stalled: 408 */
+    TIMER_BODY,   /* body stalled or too slow in all: 408 */
     TIMER_SEND,   /* client reads nothing: close */
     TIMER_LINGER, /* after our FIN, waiting for the client's: close */
     TIMER_MAX,
@@ -66,6 +66,7 @@ struct sy_http_conn {
     bool in_value;
     size_t head_bytes;
     int err_status; /* set by a callback that refuses the request (413, 431) */
+    uint64_t body_deadline; /* loop time by which the whole body must be in; 0: none */
     size_t trailer_bytes;
     const char *err_msg;
 
@@ -468,6 +469,7 @@ static void request_reset(struct sy_http_conn *c)
     c->in_value = false;
     c->head_bytes = 0;
     c->err_status = 0;
+    c->body_deadline = 0;
     c->err_msg = NULL;
     c->trailer_bytes = 0;
 }
@@ -698,6 +700,8 @@ static int on_headers_complete(llhttp_t *p)
         conn_write(c, &b, 1);
     }
     c->state = CONN_BODY;
+    c->body_deadline =
+        cfg->body_total_timeout_ms ? uv_now(c->srv->loop) + cfg->body_total_timeout_ms : 0;
     return 0;
 }
 
@@ -719,6 +723,17 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* While a body arrives: the silence timeout, or less when the whole-body deadline is nearer. */
+static void arm_body_timer(struct sy_http_conn *c)
+{
+    uint64_t ms = c->srv->limits.body_timeout_ms;
+    if (c->body_deadline) {
+        uint64_t now = uv_now(c->srv->loop);
+        ms = SY_MIN(ms, c->body_deadline > now ? c->body_deadline - now : 0);
+    }
+    conn_arm(c, TIMER_BODY, ms);
+}
+
 /* Parse what we can of <d>/<n>, dispatching a request when one completes (and stopping
  * there). Returns the number of bytes consumed. */
 static size_t conn_parse(struct sy_http_conn *c, const char *d, size_t n)
@@ -728,7 +743,7 @@ static size_t conn_parse(struct sy_http_conn *c, const char *d, size_t n)
     llhttp_errno_t e = llhttp_execute(&c->parser, d, n);
     if (e == HPE_OK) {
         if (c->state == CONN_BODY)
-            conn_arm(c, TIMER_BODY, c->srv->limits.body_timeout_ms);
+            arm_body_timer(c);
         return n;
     }
     if (e == HPE_PAUSED_UPGRADE) {
@@ -895,7 +910,10 @@ static void timer_cb(uv_timer_t *t)
         refuse(c, 408, "The request head did not arrive in time.");
         break;
     case TIMER_BODY:
-        refuse(c, 408, "The request body stalled.");
+        if (c->body_deadline && uv_now(c->srv->loop) >= c->body_deadline)
+            refuse(c, 408, "The request body did not arrive in time.");
+        else
+            refuse(c, 408, "The request body stalled.");
         break;
     case TIMER_IDLE:
     case TIMER_SEND:
@@ -956,6 +974,7 @@ void sy_http_limits_default(struct sy_http_limits *l)
         .body_timeout_ms = 30000,
         .idle_timeout_ms = 60000,
         .send_timeout_ms = 60000,
+        .body_total_timeout_ms = 120000,
     };
 }
 

@@ -45,8 +45,6 @@ static const struct {
 /* Anthropic requires max_tokens; a request translated to it without one gets this. */
 #define DEFAULT_MAX_TOKENS 4096
 
-/* Largest buffered (non-stream) upstream body we relay. */
-#define MAX_UPSTREAM_BODY (64u * 1024 * 1024)
 /* Largest single SSE event from upstream. */
 #define MAX_SSE_EVENT (4u * 1024 * 1024)
 
@@ -668,15 +666,16 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
 {
     struct proxy *p = ud;
     if (!p->sse) {
-        if (p->body.len + len > MAX_UPSTREAM_BODY) {
+        /* The answer is buffered (to translate it, to retry on a bad one): bounded. */
+        size_t max = p->w->cfg->max_upstream_body_bytes;
+        if (p->body.len + len > max) {
             dp_upstream_cancel(u);
             p->up = NULL;
             p->status = 502;
             attempt_end(p, DP_OUT_MALFORMED);
             proxy_release(p);
             api_error(p->req, 502, "upstream_error", "upstream_body_too_large", NULL,
-                               "The provider's response is larger than %u bytes.",
-                               MAX_UPSTREAM_BODY);
+                               "The provider's response is larger than %zu bytes.", max);
             return;
         }
         sy_buf_append(&p->body, data, len);
