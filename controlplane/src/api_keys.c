@@ -2,12 +2,17 @@
 /** The admin API's client API keys, the keys agents and SDKs send to the data plane.
  *
  *     {"name", "agent", "user", "tier", "models": ["<public model>", ...] | null (= all),
- *      "limits": {"rpm", "tpm"}, "expires_at": "<RFC 3339>" | null, "revoked"}
+ *      "limits": {"rpm", "tpm"}, "model_limits": {"<public model>": {"rpm", "tpm"}, ...},
+ *      "expires_at": "<RFC 3339>" | null, "revoked"}
  *
  * plus id, object, prefix, slot, version, created_at and updated_at on reads (api_key_doc() in
  * migrations/003_admin_docs.sql). The key itself is generated here (crypto.h), stored only as
  * its SHA-256 and returned once, as "key" in the answer to the POST that created it; never
- * again. Names need not be unique, so an item is addressed by its id: /admin/v1/keys/12. */
+ * again. Names need not be unique, so an item is addressed by its id: /admin/v1/keys/12.
+ *
+ * "model_limits" caps the key on one public model on top of its own limits; PATCH merges it
+ * model by model, and a model set to null loses its limits. Like every limit, they are for the
+ * whole fleet: each node enforces its share (compile.c). */
 
 #include <stdio.h>
 #include <string.h>
@@ -18,20 +23,123 @@
 #define MAX_KEY_MODELS 256
 
 static const char *const fields[] = {
-    "name", "agent", "user", "tier", "models", "limits", "expires_at", "revoked",
+    "name", "agent", "user", "tier", "models", "limits", "model_limits", "expires_at", "revoked",
     /* shown by reads, ignored on writes so a fetched document can be sent back edited */
     "id", "object", "prefix", "slot", "version", "created_at", "updated_at", NULL};
 static const char *const limit_fields[] = {"rpm", "tpm", NULL};
-static const char *const nested[] = {"limits", NULL};
+static const char *const nested[] = {"limits", "model_limits", NULL};
 
-#define N_PARAMS 9
+#define MAX_KEY_MODEL_LIMITS 256
+
+#define N_PARAMS 10
 
 /* A validated key as the text parameters $1..$9 of the statements below. */
 struct key_row {
     const char *p[N_PARAMS];
     char num[2][24];
-    char *models; /* JSON text of the array, or NULL */
+    char *models;       /* JSON text of the array, or NULL */
+    char *model_limits; /* JSON text of the object, "{}" for none */
 };
+
+static void key_row_free(struct key_row *r)
+{
+    free(r->models);
+    free(r->model_limits);
+}
+
+/* A public model name as a key may name it: 1 to 128 characters, no spaces or controls. */
+static bool model_name_ok(const char *s, size_t n)
+{
+    bool ok = s && n >= 1 && n <= 128;
+    for (size_t k = 0; ok && k < n; k++)
+        ok = (unsigned char)s[k] > 0x20 && s[k] != 0x7f;
+    return ok;
+}
+
+/* Member <name> of limits object <v> of model_limits entry <key>: absent or null, or an integer
+ * in 1..INT32_MAX. */
+static bool limit_value(struct cp_call *c, json_t *v, const char *key, const char *name,
+                        bool *present, int64_t *out)
+{
+    json_t *x = json_object_get(v, name);
+    *present = x && !json_is_null(x);
+    if (!*present)
+        return true;
+    if (!json_is_integer(x) || json_integer_value(x) < 1 || json_integer_value(x) > INT32_MAX) {
+        char param[200];
+        snprintf(param, sizeof(param), "%s.%s", key, name);
+        cp_call_invalid(c, param, "%s: must be a whole number from 1 to %d, or null", param,
+                        INT32_MAX);
+        return false;
+    }
+    *out = json_integer_value(x);
+    return true;
+}
+
+/* "model_limits": {"<model>": {"rpm", "tpm"} | null}, null members dropped (a PATCH's way to
+ * remove one). Sets r->model_limits to the clean object's text. */
+static bool validate_model_limits(struct cp_call *c, json_t *doc, struct key_row *r)
+{
+    json_t *obj = json_object_get(doc, "model_limits"), *v;
+    const char *name;
+    if (obj && !json_is_null(obj) &&
+        (!json_is_object(obj) || json_object_size(obj) > MAX_KEY_MODEL_LIMITS)) {
+        cp_call_invalid(c, "model_limits",
+                        "model_limits: must be an object of at most %d public model names, each "
+                        "with its limits: {\"gpt-4o\": {\"rpm\": 60, \"tpm\": 100000}}",
+                        MAX_KEY_MODEL_LIMITS);
+        return false;
+    }
+    json_t *clean = json_object();
+    json_object_foreach(obj, name, v)
+    {
+        char key[160];
+        static const char *const limit_only[] = {"rpm", "tpm", NULL};
+        bool rpm_set, tpm_set;
+        int64_t rpm, tpm;
+        snprintf(key, sizeof(key), "model_limits.%s", name);
+        if (!model_name_ok(name, strlen(name))) {
+            cp_call_invalid(c, "model_limits",
+                            "model_limits: \"%.*s\" is not a public model name (1 to 128 "
+                            "characters, no spaces)",
+                            64, name);
+            goto fail;
+        }
+        if (json_is_null(v))
+            continue;
+        if (!json_is_object(v)) {
+            cp_call_invalid(c, key,
+                            "%s: must be an object {\"rpm\", \"tpm\"}, or null to remove the "
+                            "limits on that model",
+                            key);
+            goto fail;
+        }
+        if (!cp_val_known(c, v, key, limit_only))
+            goto fail;
+        /* not cp_val_int's "a.b.c" paths: model names may hold dots ("qwen2.5") */
+        if (!limit_value(c, v, key, "rpm", &rpm_set, &rpm) ||
+            !limit_value(c, v, key, "tpm", &tpm_set, &tpm))
+            goto fail;
+        if (!rpm_set && !tpm_set) {
+            cp_call_invalid(c, key, "%s: give rpm, tpm or both (or null to remove the limits)",
+                            key);
+            goto fail;
+        }
+        json_t *l = json_object();
+        if (rpm_set)
+            json_object_set_new(l, "rpm", json_integer(rpm));
+        if (tpm_set)
+            json_object_set_new(l, "tpm", json_integer(tpm));
+        json_object_set_new(clean, name, l);
+    }
+    r->model_limits = json_dumps(clean, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(clean);
+    r->p[9] = r->model_limits;
+    return true;
+fail:
+    json_decref(clean);
+    return false;
+}
 
 /* What a create keeps until its answer: the new key, wiped when the call ends. */
 struct new_key {
@@ -149,11 +257,7 @@ static bool validate(struct cp_call *c, json_t *doc, struct key_row *r)
             char key[32];
             snprintf(key, sizeof(key), "models[%zu]", i);
             const char *s = json_string_value(m);
-            size_t n = json_string_length(m);
-            bool ok = s && n >= 1 && n <= 128;
-            for (size_t k = 0; ok && k < n; k++)
-                ok = (unsigned char)s[k] > 0x20 && s[k] != 0x7f;
-            if (!ok) {
+            if (!model_name_ok(s, json_string_length(m))) {
                 cp_call_invalid(c, key,
                                 "%s: must be a public model name (1 to 128 characters, no spaces)",
                                 key);
@@ -169,7 +273,7 @@ static bool validate(struct cp_call *c, json_t *doc, struct key_row *r)
         r->models = json_dumps(models, JSON_COMPACT);
     }
     r->p[4] = r->models;
-    return true;
+    return validate_model_limits(c, doc, r);
 }
 
 /* ---- reads ----------------------------------------------------------------------------------- */
@@ -228,7 +332,7 @@ static void create(struct cp_call *c)
 {
     struct key_row r;
     if (!validate(c, c->body, &r)) {
-        free(r.models);
+        key_row_free(&r);
         return;
     }
     struct new_key *nk = sy_xcalloc(1, sizeof(*nk));
@@ -237,7 +341,7 @@ static void create(struct cp_call *c)
     c->state = nk;
     c->free_state = free_new_key;
     if (cp_crypto_client_key(nk->key, hash, prefix) < 0) {
-        free(r.models);
+        key_row_free(&r);
         cp_call_error(c, 500, "server_error", "internal_error", NULL,
                       "could not generate a key: the random number generator failed");
         return;
@@ -251,14 +355,14 @@ static void create(struct cp_call *c)
     p[N_PARAMS + 1] = prefix;
     cp_call_query(c,
                   "INSERT INTO api_keys (name, agent, user_name, tier, allowed_models, rpm, tpm,"
-                  " expires_at, revoked, key_hash, key_prefix)"
+                  " expires_at, revoked, model_limits, key_hash, key_prefix)"
                   " SELECT $1, $2, $3, $4, CASE WHEN $5::jsonb IS NULL THEN NULL ELSE"
                   " ARRAY(SELECT x FROM jsonb_array_elements_text($5::jsonb) WITH ORDINALITY"
                   " AS e (x, n) ORDER BY n) END, $6::int, $7::int, $8::timestamptz,"
-                  " $9::boolean, $10::bytea, $11"
+                  " $9::boolean, $10::jsonb, $11::bytea, $12"
                   " RETURNING api_key_doc(api_keys), version",
                   N_PARAMS + 2, p, on_created);
-    free(r.models);
+    key_row_free(&r);
 }
 
 static void on_updated(struct cp_call *c, const PGresult *res, const char *err)
@@ -305,7 +409,7 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
     c->free_state = free_json;
     struct key_row r;
     if (!validate(c, doc, &r)) {
-        free(r.models);
+        key_row_free(&r);
         return;
     }
     const char *p[N_PARAMS + 2];
@@ -318,13 +422,14 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
                   "  tier = $4, allowed_models = CASE WHEN $5::jsonb IS NULL THEN NULL ELSE"
                   "  ARRAY(SELECT x FROM jsonb_array_elements_text($5::jsonb) WITH ORDINALITY"
                   "  AS e (x, n) ORDER BY n) END, rpm = $6::int, tpm = $7::int,"
-                  "  expires_at = $8::timestamptz, revoked = $9::boolean"
-                  "  WHERE k.id = $10::bigint AND k.version = $11::int"
+                  "  expires_at = $8::timestamptz, revoked = $9::boolean,"
+                  "  model_limits = $10::jsonb"
+                  "  WHERE k.id = $11::bigint AND k.version = $12::int"
                   "  RETURNING api_key_doc(k) AS doc, k.version)"
                   " SELECT (SELECT doc FROM u), (SELECT version FROM u),"
-                  " EXISTS (SELECT 1 FROM api_keys WHERE id = $10::bigint)",
+                  " EXISTS (SELECT 1 FROM api_keys WHERE id = $11::bigint)",
                   N_PARAMS + 2, p, on_updated);
-    free(r.models);
+    key_row_free(&r);
 }
 
 static void update(struct cp_call *c, bool replace)

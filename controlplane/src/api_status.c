@@ -3,7 +3,10 @@
  * only).
  *
  *     {"object": "status", "node": "<node id>", "config_version": <n> | null,
- *      "database": "up" | "down", "started_at": "<RFC 3339>", "publisher": {...}}
+ *      "database": "up" | "down", "started_at": "<RFC 3339>", "live_nodes": <n> | null,
+ *      "publisher": {...}}
+ *
+ * live_nodes is the count every limit is divided by (migrations/006_governance.sql).
  *
  * It answers 200 also when the database is down: then database is "down" and config_version
  * null, which is what an operator needs to see. */
@@ -18,6 +21,7 @@ static void on_version(struct cp_call *c, const PGresult *res, const char *err)
     struct cp_server *cp = c->cp;
     bool up = !err && PQntuples(res) == 1;
     json_int_t version = up ? (json_int_t)atoll(PQgetvalue(res, 0, 0)) : 0;
+    json_int_t nodes = up ? (json_int_t)atoll(PQgetvalue(res, 0, 1)) : 0;
 
     time_t secs = (time_t)(cp->started_ms / 1000);
     struct tm tm;
@@ -28,16 +32,17 @@ static void on_version(struct cp_call *c, const PGresult *res, const char *err)
 
     json_t *publisher = cp__publisher_status(cp);
     json_t *doc =
-        json_pack("{s:s,s:s,s:o,s:s,s:s,s:o}", "object", "status", "node",
+        json_pack("{s:s,s:s,s:o,s:s,s:s,s:o,s:o}", "object", "status", "node",
                   cp->cfg.node_id ? cp->cfg.node_id : "", "config_version",
                   up ? json_integer(version) : json_null(), "database", up ? "up" : "down",
-                  "started_at", started, "publisher", publisher ? publisher : json_null());
+                  "started_at", started, "live_nodes", up ? json_integer(nodes) : json_null(),
+                  "publisher", publisher ? publisher : json_null());
     cp_call_json(c, 200, doc, -1);
 }
 
 static void status(struct cp_call *c)
 {
-    cp_call_query(c, "SELECT version FROM config_state", 0, NULL, on_version);
+    cp_call_query(c, "SELECT version, live_nodes FROM config_state", 0, NULL, on_version);
 }
 
 /* /admin/v1/status/<anything> is no resource. */

@@ -29,6 +29,7 @@
 const char cp__compile_sql[] =
     "SELECT json_build_object("
     " 'version', (SELECT version FROM config_state),"
+    " 'nodes', (SELECT live_nodes FROM config_state),"
     " 'providers', coalesce((SELECT json_agg(json_build_object("
     "   'id', p.id, 'name', p.name, 'base_url', p.base_url, 'format', p.format,"
     "   'auth_style', p.auth_style, 'auth_name', p.auth_name, 'headers', p.extra_headers,"
@@ -54,7 +55,7 @@ const char cp__compile_sql[] =
     "   'id', k.id, 'name', k.name, 'hash', encode(k.key_hash, 'hex'), 'prefix', k.key_prefix,"
     "   'agent', k.agent, 'user', k.user_name, 'tier', k.tier, 'models', k.allowed_models,"
     "   'expires_ms', (extract(epoch FROM k.expires_at) * 1000)::bigint,"
-    "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm)"
+    "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm, 'model_limits', k.model_limits)"
     "   ORDER BY k.id) FROM api_keys k WHERE NOT k.revoked), '[]')"
     ")";
 
@@ -101,6 +102,16 @@ static uint32_t get_u32(json_t *obj, const char *key)
 {
     json_int_t v = json_integer_value(json_object_get(obj, key));
     return v < 0 ? 0 : v > (json_int_t)UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+/* This node's share of a fleet-wide <limit> (0: none): divided by the live nodes, rounded down
+ * so that the shares never add up to more than the limit, but at least 1 (a limit below the
+ * node count gives each node 1). */
+static uint32_t share(const struct build *b, uint32_t limit)
+{
+    if (limit == 0 || b->t->nodes <= 1)
+        return limit;
+    return limit / b->t->nodes ? limit / b->t->nodes : 1;
 }
 
 static json_t *get_array(json_t *doc, const char *key, char **err)
@@ -293,9 +304,9 @@ static int read_deployments(struct build *b, json_t *doc, char **err)
         d->timeouts.first_byte_ms = get_u32(row, "first_byte_ms");
         d->timeouts.idle_ms = get_u32(row, "idle_ms");
         d->timeouts.total_ms = get_u32(row, "total_ms");
-        d->limits.rpm = get_u32(row, "rpm");
-        d->limits.tpm = get_u32(row, "tpm");
-        d->limits.max_concurrency = get_u32(row, "max_concurrency");
+        d->limits.rpm = share(b, get_u32(row, "rpm"));
+        d->limits.tpm = share(b, get_u32(row, "tpm"));
+        d->limits.max_concurrency = share(b, get_u32(row, "max_concurrency"));
         d->price.input = json_number_value(json_object_get(row, "input_price"));
         d->price.output = json_number_value(json_object_get(row, "output_price"));
         d->weight = get_u32(row, "weight");
@@ -412,6 +423,27 @@ static int read_models(struct build *b, json_t *doc, char **err)
     return 0;
 }
 
+/* A key's limits per public model, {"<model>": {"rpm", "tpm"}}, each this node's share. */
+static void read_key_limits(struct build *b, struct sy_key *k, json_t *obj)
+{
+    const char *name;
+    json_t *v;
+    if (!json_is_object(obj) || json_object_size(obj) == 0)
+        return;
+    k->model_limits = sy_xcalloc(json_object_size(obj), sizeof(*k->model_limits));
+    json_object_foreach(obj, name, v)
+    {
+        struct sy_key_limit *l = &k->model_limits[k->n_model_limits];
+        l->rpm = share(b, get_u32(v, "rpm"));
+        l->tpm = share(b, get_u32(v, "tpm"));
+        if (!*name || (!l->rpm && !l->tpm))
+            continue; /* the admin API refuses both; nothing to enforce */
+        l->model = sy_xstrdup(name);
+        k->n_model_limits++;
+    }
+    /* sy_table_decode() sorts them: the table is encoded and decoded before it is published */
+}
+
 static int read_keys(struct build *b, json_t *doc, char **err)
 {
     json_t *arr = get_array(doc, "keys", err), *row;
@@ -435,8 +467,9 @@ static int read_keys(struct build *b, json_t *doc, char **err)
         k->tier = dup_or_null(get_str(row, "tier"));
         k->expires_ms = json_integer_value(json_object_get(row, "expires_ms"));
         k->slot = get_u32(row, "slot");
-        k->rpm = get_u32(row, "rpm");
-        k->tpm = get_u32(row, "tpm");
+        k->rpm = share(b, get_u32(row, "rpm"));
+        k->tpm = share(b, get_u32(row, "tpm"));
+        read_key_limits(b, k, json_object_get(row, "model_limits"));
         json_t *models = json_object_get(row, "models"), *mv;
         size_t j;
         if (!json_is_array(models))
@@ -496,6 +529,11 @@ int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ri
     b.t->version = (uint64_t)json_integer_value(version);
     b.t->created_ms = created_ms;
     b.t->require_keys = true;
+    json_t *nodes = json_object_get(doc, "nodes");
+    b.t->nodes = json_is_integer(nodes) && json_integer_value(nodes) > 1 &&
+                         json_integer_value(nodes) <= 65536
+                     ? (uint32_t)json_integer_value(nodes)
+                     : 1;
     if ((rc = read_providers(&b, doc, err)) < 0 || (rc = read_deployments(&b, doc, err)) < 0 ||
         (rc = read_models(&b, doc, err)) < 0 || (rc = read_keys(&b, doc, err)) < 0)
         goto fail;

@@ -15,7 +15,9 @@
  * - Static stability: the last table stays in memory, so with PostgreSQL down a worker that
  *   (re)connects still gets it. When the database comes back we recompile, since
  *   notifications sent meanwhile were lost.
- * - Every 5 s this node's row in `nodes` is refreshed (heartbeat, versions, worker count). */
+ * - Every 5 s (--heartbeat-ms) this node's row in `nodes` is refreshed (heartbeat, versions,
+ *   worker count) and the live nodes are recounted by node_heartbeat() (migrations/006): a
+ *   change of the count is a config change, and the compile divides every limit by it. */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -36,8 +38,8 @@
 #include "sy/log.h"
 #include "sy/util.h"
 
-#define CONFIG_CHANNEL   "switchyard_config"
-#define TICK_MS          5000        /* PING, silence check and heartbeat period */
+#define CONFIG_CHANNEL "switchyard_config"
+/* PINGs, the silence check and the heartbeat run every --heartbeat-ms (5000 by default). */
 #define SILENCE_MS       15000       /* a worker silent this long is dropped */
 #define MAX_INBOUND_BODY (64u << 10) /* workers send only small messages */
 
@@ -161,6 +163,17 @@ static void conn_closed_cb(uv_handle_t *h)
 
 static void check_latency(struct cp_publisher *pub);
 
+static void heartbeat(struct cp_publisher *pub);
+
+/* Workers that said HELLO. */
+static unsigned serving(const struct cp_publisher *pub)
+{
+    unsigned n = 0;
+    for (const struct pub_conn *c = pub->conns; c; c = c->next)
+        n += c->hello && !c->closing;
+    return n;
+}
+
 static void conn_close(struct pub_conn *c)
 {
     if (c->closing)
@@ -177,6 +190,9 @@ static void conn_close(struct pub_conn *c)
     uv_close((uv_handle_t *)&c->pipe, conn_closed_cb);
     if (!pub->stopping)
         check_latency(pub);
+    /* The node's last worker left: it no longer takes a share of the limits. */
+    if (!pub->stopping && c->hello && serving(pub) == 0)
+        heartbeat(pub);
 }
 
 /* A worker's name in log lines. */
@@ -297,6 +313,8 @@ static int on_hello(struct pub_conn *c, const char *body, size_t len)
     c->version = c->sent_version = h.table_version;
     c->hello = true;
     sy_hello_free(&h);
+    if (serving(pub) == 1) /* the node serves again: it takes its share of the limits now */
+        heartbeat(pub);
     sy_log(SY_LOG_INFO, "publish",
            CONN_FMT " connected, serving version %" PRIu64 " (published: %" PRIu64 ")",
            CONN_ARGS(c), c->version, pub->version);
@@ -576,11 +594,7 @@ static void on_notify(struct cp_db *db, void *ud, const char *channel, const cha
 /* ---- heartbeat ------------------------------------------------------------------------------- */
 
 static const char heartbeat_sql[] =
-    "INSERT INTO nodes (id, hostname, started_at, heartbeat_at, config_version, info)"
-    " VALUES ($1, $2, to_timestamp($3::double precision / 1000), now(), $4::bigint, $5::jsonb)"
-    " ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname,"
-    " started_at = EXCLUDED.started_at, heartbeat_at = now(),"
-    " config_version = EXCLUDED.config_version, info = EXCLUDED.info";
+    "SELECT node_heartbeat($1, $2, $3::double precision, $4::bigint, $5::jsonb, $6::int)";
 
 static void on_heartbeat(struct cp_db *db, void *ud, const PGresult *res, const char *err)
 {
@@ -610,7 +624,7 @@ static void heartbeat(struct cp_publisher *pub)
 {
     if (pub->heartbeat_running || !cp_db_is_up(pub->cp->db))
         return;
-    char started[24], version[24];
+    char started[24], version[24], window[24];
     unsigned workers = 0;
     for (struct pub_conn *c = pub->conns; c; c = c->next)
         workers += c->hello;
@@ -622,9 +636,12 @@ static void heartbeat(struct cp_publisher *pub)
                              pub->cp->cfg.socket_path, "pid", (json_int_t)getpid());
     char *info_text = info ? json_dumps(info, JSON_COMPACT) : NULL;
     json_decref(info);
-    const char *params[] = {pub->cp->cfg.node_id, pub->hostname, started, v ? version : NULL,
-                            info_text ? info_text : "{}"};
-    if (cp_db_query(pub->cp->db, heartbeat_sql, 5, params, on_heartbeat, pub) == 0) {
+    /* Live: heard from within three periods (one missed beat is not a departure). */
+    snprintf(window, sizeof(window), "%d", 3 * pub->cp->cfg.heartbeat_ms);
+    const char *params[] = {
+        pub->cp->cfg.node_id,         pub->hostname, started, v ? version : NULL,
+        info_text ? info_text : "{}", window};
+    if (cp_db_query(pub->cp->db, heartbeat_sql, 6, params, on_heartbeat, pub) == 0) {
         pub->pending++;
         pub->heartbeat_running = true;
     }
@@ -756,7 +773,8 @@ int cp__publisher_start(struct cp_server *cp, char **err)
         cp__publisher_stop(cp);
         return rc;
     }
-    uv_timer_start(&pub->tick, on_tick, TICK_MS, TICK_MS);
+    uint64_t tick = (uint64_t)(cp->cfg.heartbeat_ms > 0 ? cp->cfg.heartbeat_ms : 5000);
+    uv_timer_start(&pub->tick, on_tick, tick, tick);
     cp_db_on_notify(cp->db, on_notify, pub);
     if ((rc = cp_db_listen(cp->db, CONFIG_CHANNEL)) < 0) {
         cp__publisher_stop(cp);

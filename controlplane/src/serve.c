@@ -48,6 +48,8 @@ static const char usage_text[] =
     "                            long, then compacted into hours (default 30)\n"
     "  --events-retention-days N SWITCHYARD_EVENTS_RETENTION_DAYS: decision log kept (30)\n"
     "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
+    "  --heartbeat-ms MS         SWITCHYARD_HEARTBEAT_MS: node heartbeat period (5000); a node\n"
+    "                            not heard from for 3 periods no longer shares the limits\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -105,6 +107,7 @@ enum {
     OPT_USAGE_RETENTION = 1000,
     OPT_EVENTS_RETENTION,
     OPT_USAGE_FLUSH,
+    OPT_HEARTBEAT,
     OPT_LONG_MAX,
 };
 
@@ -146,6 +149,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *usage_days = env_dup("SWITCHYARD_USAGE_RETENTION_DAYS");
     char *events_days = env_dup("SWITCHYARD_EVENTS_RETENTION_DAYS");
     char *flush_ms = env_dup("SWITCHYARD_USAGE_FLUSH_MS");
+    char *heartbeat_ms = env_dup("SWITCHYARD_HEARTBEAT_MS");
 
     static const struct option opts[] = {
         {"database-url", required_argument, NULL, 'd'},
@@ -164,6 +168,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"usage-retention-days", required_argument, NULL, OPT_USAGE_RETENTION},
         {"events-retention-days", required_argument, NULL, OPT_EVENTS_RETENTION},
         {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
+        {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -188,6 +193,7 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_USAGE_RETENTION: set(&usage_days, optarg); break;
         case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
         case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
+        case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
@@ -216,6 +222,8 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         (rc = int_setting(events_days, "--events-retention-days", 1, 36500, 30,
                           &c->events_retention_days, err)) < 0 ||
         (rc = int_setting(flush_ms, "--usage-flush-ms", 100, 3600000, 10000, &c->usage_flush_ms,
+                          err)) < 0 ||
+        (rc = int_setting(heartbeat_ms, "--heartbeat-ms", 100, 60000, 5000, &c->heartbeat_ms,
                           err)) < 0)
         goto out;
     if (!c->database_url) {
@@ -253,6 +261,7 @@ out:
     free(usage_days);
     free(events_days);
     free(flush_ms);
+    free(heartbeat_ms);
     free(metrics_file);
     if (rc != 0) {
         config_free(c);

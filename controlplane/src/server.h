@@ -30,6 +30,7 @@ struct cp_config {
     int usage_retention_days;  /* SWITCHYARD_USAGE_RETENTION_DAYS, --usage-retention-days (30) */
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
+    int heartbeat_ms;          /* SWITCHYARD_HEARTBEAT_MS, --heartbeat-ms (5000) */
 };
 
 enum cp_role {

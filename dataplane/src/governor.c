@@ -14,6 +14,7 @@
 #include "ratelimit.h"
 #include "sy/log.h"
 #include "sy/shm.h"
+#include "sy/table.h"
 #include "sy/util.h"
 #include "worker.h"
 
@@ -75,32 +76,63 @@ bool dp__gov_retry_allowed(struct dp_worker *w, const struct sy_policy *pol)
 
 /* ---- client keys ---------------------------------------------------------------------------- */
 
-bool dp__gov_key_admits(struct dp_worker *w, const struct sy_key *k, uint32_t est_tokens,
-                        uint32_t *retry_after_ms, const char **which)
+/* Take one request and <tokens> from an rpm/tpm pair of limiters (either limit may be 0: none);
+ * all or nothing. */
+static bool take_pair(_Atomic uint64_t *rpm_word, uint32_t rpm, _Atomic uint64_t *tpm_word,
+                      uint32_t tpm, uint32_t tokens, uint64_t now_us, uint32_t *retry_after_ms,
+                      bool *tokens_refused)
 {
-    *retry_after_ms = 0;
-    if (!w->shm || !k || (!k->rpm && !k->tpm))
-        return true;
-    struct sy_shm_key_state *st = sy_shm_key(w->shm, k->slot);
-    if (!st)
-        return true;
-    uint64_t now_us = sy_now_ns() / 1000;
-    if (k->rpm && dp_rate_take(&st->rpm, now_us, k->rpm, 0, 1, retry_after_ms) != 0) {
-        *which = "requests per minute";
-        goto refused;
-    }
-    if (k->tpm && est_tokens &&
-        dp_rate_take(&st->tpm, now_us, k->tpm, 0, SY_MIN(est_tokens, k->tpm), retry_after_ms) !=
-            0) {
-        if (k->rpm)
-            dp_rate_refund(&st->rpm, k->rpm, 1);
-        *which = "tokens per minute";
-        goto refused;
+    if (rpm && dp_rate_take(rpm_word, now_us, rpm, 0, 1, retry_after_ms) != 0)
+        return false;
+    if (tpm && tokens && dp_rate_take(tpm_word, now_us, tpm, 0, tokens, retry_after_ms) != 0) {
+        if (rpm)
+            dp_rate_refund(rpm_word, rpm, 1);
+        *tokens_refused = true;
+        return false;
     }
     return true;
+}
+
+bool dp__gov_key_admits(struct dp_worker *w, const struct sy_key *k, const struct sy_model *m,
+                        uint32_t est_tokens, struct dp_key_grant *grant, uint32_t *retry_after_ms,
+                        const char **which)
+{
+    *retry_after_ms = 0;
+    *grant = (struct dp_key_grant){0};
+    if (!w->shm || !k)
+        return true;
+    const struct sy_key_limit *lim = k->n_model_limits && m ? sy_key_model_limit(k, m->name) : NULL;
+    struct sy_shm_key_state *st = k->rpm || k->tpm ? sy_shm_key(w->shm, k->slot) : NULL;
+    struct sy_shm_key_model *km =
+        lim && (lim->rpm || lim->tpm) ? sy_shm_key_model(w->shm, k->slot, m->slot) : NULL;
+    uint64_t now_us = sy_now_ns() / 1000;
+    bool tokens = false;
+    uint32_t key_tokens = k->tpm ? SY_MIN(est_tokens, k->tpm) : 0;
+    if (st && !take_pair(&st->rpm, k->rpm, &st->tpm, k->tpm, key_tokens, now_us, retry_after_ms,
+                         &tokens)) {
+        *which = tokens ? "tokens per minute" : "requests per minute";
+        goto refused;
+    }
+    if (km) {
+        uint32_t model_tokens = lim->tpm ? SY_MIN(est_tokens, lim->tpm) : 0;
+        if (!take_pair(&km->rpm, lim->rpm, &km->tpm, lim->tpm, model_tokens, now_us, retry_after_ms,
+                       &tokens)) {
+            if (st && k->rpm) /* all or nothing: give back what the key's own limits gave */
+                dp_rate_refund(&st->rpm, k->rpm, 1);
+            if (st && key_tokens)
+                dp_rate_refund(&st->tpm, k->tpm, key_tokens);
+            *which =
+                tokens ? "tokens per minute on this model" : "requests per minute on this model";
+            goto refused;
+        }
+        grant->limit = lim;
+        grant->model_slot = m->slot;
+        grant->model_tpm = model_tokens;
+    }
+    grant->tpm = st ? key_tokens : 0;
+    return true;
 refused:
-    sy_shm_outcome(sy_shm_counters(w->shm, w->index, SY_SHM_KEY, k->slot),
-                   SY_OUTCOME_RATE_LIMITED);
+    sy_shm_outcome(sy_shm_counters(w->shm, w->index, SY_SHM_KEY, k->slot), SY_OUTCOME_RATE_LIMITED);
     return false;
 }
 
@@ -197,25 +229,35 @@ int dp__gov_attempt_start(struct dp_worker *w, const struct sy_deployment *d,
 static enum sy_outcome shm_outcome(enum dp_outcome o)
 {
     switch (o) {
-    case DP_OUT_SUCCESS: return SY_OUTCOME_SUCCESS;
+    case DP_OUT_SUCCESS:
+        return SY_OUTCOME_SUCCESS;
     case DP_OUT_CLIENT_ERROR:
-    case DP_OUT_CONTEXT_LENGTH: return SY_OUTCOME_UPSTREAM_4XX;
-    case DP_OUT_RATE_LIMITED: return SY_OUTCOME_UPSTREAM_429;
-    case DP_OUT_SERVER_ERROR: return SY_OUTCOME_UPSTREAM_5XX;
-    case DP_OUT_TIMEOUT: return SY_OUTCOME_TIMEOUT;
-    case DP_OUT_CONNECT: return SY_OUTCOME_CONNECT_ERROR;
-    case DP_OUT_MALFORMED: return SY_OUTCOME_PROTOCOL_ERROR;
-    case DP_OUT_CUT: return SY_OUTCOME_STREAM_CUT;
-    case DP_OUT_CANCELLED: return SY_OUTCOME_CANCELLED;
-    default: return SY_OUTCOME_INTERNAL;
+    case DP_OUT_CONTEXT_LENGTH:
+        return SY_OUTCOME_UPSTREAM_4XX;
+    case DP_OUT_RATE_LIMITED:
+        return SY_OUTCOME_UPSTREAM_429;
+    case DP_OUT_SERVER_ERROR:
+        return SY_OUTCOME_UPSTREAM_5XX;
+    case DP_OUT_TIMEOUT:
+        return SY_OUTCOME_TIMEOUT;
+    case DP_OUT_CONNECT:
+        return SY_OUTCOME_CONNECT_ERROR;
+    case DP_OUT_MALFORMED:
+        return SY_OUTCOME_PROTOCOL_ERROR;
+    case DP_OUT_CUT:
+        return SY_OUTCOME_STREAM_CUT;
+    case DP_OUT_CANCELLED:
+        return SY_OUTCOME_CANCELLED;
+    default:
+        return SY_OUTCOME_INTERNAL;
     }
 }
 
 void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
                           const struct sy_deployment *d, const struct sy_model *m,
-                          enum dp_outcome o, bool probe, uint32_t retry_after_ms,
-                          uint64_t ttfb_ns, uint64_t total_ns, const struct sy_http_request *req,
-                          uint32_t attempt, int status)
+                          enum dp_outcome o, bool probe, uint32_t retry_after_ms, uint64_t ttfb_ns,
+                          uint64_t total_ns, const struct sy_http_request *req, uint32_t attempt,
+                          int status)
 {
     struct sy_shm_dep_state *st = dep_state(w, d);
     if (!st)
@@ -234,7 +276,7 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
     if (o == DP_OUT_CANCELLED) {
         dp_circuit_release(&st->circuit, probe);
     } else {
-        enum dp_circuit_outcome co = o == DP_OUT_RATE_LIMITED     ? DP_CIRCUIT_RATE_LIMITED
+        enum dp_circuit_outcome co = o == DP_OUT_RATE_LIMITED   ? DP_CIRCUIT_RATE_LIMITED
                                      : dp_outcome_is_failure(o) ? DP_CIRCUIT_FAILURE
                                                                 : DP_CIRCUIT_SUCCESS;
         tr = dp_circuit_record(&st->circuit, sy_now_ms(), &cs, co, retry_after_ms);
@@ -283,17 +325,16 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
     uint64_t cost = d ? (uint64_t)((double)prompt_tokens * d->price.input +
                                    (double)completion_tokens * d->price.output + 0.5)
                       : 0;
-    struct sy_shm_counters *mc = m ? sy_shm_counters(w->shm, w->index, SY_SHM_MODEL, m->slot)
-                                   : NULL;
+    struct sy_shm_counters *mc =
+        m ? sy_shm_counters(w->shm, w->index, SY_SHM_MODEL, m->slot) : NULL;
     sy_shm_outcome(mc, o);
     sy_shm_observe(sy_shm_hist(mc, SY_SHM_MODEL, SY_HIST_LATENCY), total_ns / 1000);
     if (first_byte_ns)
         sy_shm_observe(sy_shm_hist(mc, SY_SHM_MODEL, SY_HIST_TTFB), first_byte_ns / 1000);
-    struct sy_shm_counters *kc = k ? sy_shm_counters(w->shm, w->index, SY_SHM_KEY, k->slot)
-                                   : NULL;
+    struct sy_shm_counters *kc = k ? sy_shm_counters(w->shm, w->index, SY_SHM_KEY, k->slot) : NULL;
     sy_shm_outcome(kc, o);
-    struct sy_shm_counters *dc = d ? sy_shm_counters(w->shm, w->index, SY_SHM_DEPLOYMENT, d->slot)
-                                   : NULL;
+    struct sy_shm_counters *dc =
+        d ? sy_shm_counters(w->shm, w->index, SY_SHM_DEPLOYMENT, d->slot) : NULL;
     struct sy_shm_counters *all[] = {mc, kc, dc};
     for (size_t i = 0; i < SY_ARRAY_LEN(all); i++) {
         if (prompt_tokens)
@@ -315,16 +356,23 @@ static void settle(_Atomic uint64_t *word, uint64_t limit, uint64_t reserved, ui
 }
 
 void dp__gov_tpm_settle(struct dp_worker *w, const struct sy_deployment *d, const struct sy_key *k,
-                        uint64_t reserved_dep, uint64_t reserved_key, uint64_t actual)
+                        uint64_t reserved_dep, const struct dp_key_grant *grant, uint64_t actual)
 {
     if (!w->shm)
         return;
     struct sy_shm_dep_state *st = d ? dep_state(w, d) : NULL;
     if (st && d->limits.tpm && reserved_dep)
         settle(&st->tpm, d->limits.tpm, reserved_dep, actual);
-    struct sy_shm_key_state *ks = k && k->tpm ? sy_shm_key(w->shm, k->slot) : NULL;
-    if (ks && reserved_key)
-        settle(&ks->tpm, k->tpm, reserved_key, actual);
+    if (!k || !grant)
+        return;
+    struct sy_shm_key_state *ks = k->tpm && grant->tpm ? sy_shm_key(w->shm, k->slot) : NULL;
+    if (ks)
+        settle(&ks->tpm, k->tpm, grant->tpm, actual);
+    if (grant->limit && grant->limit->tpm && grant->model_tpm) {
+        struct sy_shm_key_model *km = sy_shm_key_model(w->shm, k->slot, grant->model_slot);
+        if (km)
+            settle(&km->tpm, grant->limit->tpm, grant->model_tpm, actual);
+    }
 }
 
 enum sy_outcome dp__gov_outcome(enum dp_outcome o)
@@ -333,12 +381,12 @@ enum sy_outcome dp__gov_outcome(enum dp_outcome o)
 }
 
 void dp__gov_event(struct dp_worker *w, const struct sy_http_request *req, enum sy_event_kind kind,
-                   const struct sy_table *t, const struct sy_model *from,
-                   const struct sy_model *to, const char *why, uint32_t ms)
+                   const struct sy_table *t, const struct sy_model *from, const struct sy_model *to,
+                   const char *why, uint32_t ms)
 {
     sy_log(SY_LOG_DEBUG, "govern", "request=%s %s %s%s%s (%s) %ums", req ? req->id : "-",
-           sy_event_kind_label(kind), from ? from->name : "", to ? " -> " : "",
-           to ? to->name : "", why ? why : "", ms);
+           sy_event_kind_label(kind), from ? from->name : "", to ? " -> " : "", to ? to->name : "",
+           why ? why : "", ms);
     if (!w->shm)
         return;
     struct sy_shm_event ev;

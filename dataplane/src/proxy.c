@@ -78,6 +78,7 @@ struct proxy {
     json_t *root;      /* the parsed request, for translating it to another format */
     const char *client_model; /* the model the client asked for (arena) */
     uint32_t est_cost_tokens; /* estimated prompt tokens plus max_tokens, for TPM limits */
+    struct dp_key_grant key_grant; /* what the client key's limiters gave, settled at the end */
     uint32_t timeout_override_ms;
 
     /* the route: models to try in order, and where we are */
@@ -481,7 +482,7 @@ static void attempt_end(struct proxy *p, enum dp_outcome o)
         p->n_trace_dropped++;
     uint64_t now = sy_now_ns();
     if (o != DP_OUT_SUCCESS) /* nothing was produced: the tokens it reserved go back */
-        dp__gov_tpm_settle(p->w, p->dep, NULL, p->est_cost_tokens, 0, 0);
+        dp__gov_tpm_settle(p->w, p->dep, NULL, p->est_cost_tokens, NULL, 0);
     dp__gov_attempt_done(p->w, p->t, p->dep, &p->t->models[p->chain[p->chain_pos]], o, p->probe,
                          p->retry_after_ms, p->ttfb_ns ? p->ttfb_ns - p->attempt_ns : 0,
                          now - p->attempt_ns, p->req, p->tries_on_model, p->status);
@@ -1394,7 +1395,8 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                                                : 0);
     uint32_t key_wait;
     const char *key_limit = NULL;
-    if (!dp__gov_key_admits(p->w, key, p->est_cost_tokens, &key_wait, &key_limit)) {
+    if (!dp__gov_key_admits(p->w, key, m, p->est_cost_tokens, &p->key_grant, &key_wait,
+                            &key_limit)) {
         json_decref(root);
         uint32_t secs = (key_wait + 999) / 1000;
         char extra[48];
@@ -1464,8 +1466,7 @@ void dp__proxy_request_done(struct sy_http_request *req)
     /* TPM limits reserved an estimate; the provider's count is what was really used. */
     uint64_t used = p->usage.prompt_tokens + p->usage.completion_tokens;
     bool served = p->n_trace && p->trace[p->n_trace - 1].outcome == DP_OUT_SUCCESS;
-    dp__gov_tpm_settle(p->w, served ? d : NULL, p->key, p->est_cost_tokens,
-                       p->key && p->key->tpm ? SY_MIN(p->est_cost_tokens, p->key->tpm) : 0,
+    dp__gov_tpm_settle(p->w, served ? d : NULL, p->key, p->est_cost_tokens, &p->key_grant,
                        p->usage.present ? used : p->est_cost_tokens);
     dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
                     p->usage.completion_tokens, now - req->start_ns,

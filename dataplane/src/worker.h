@@ -66,10 +66,21 @@ enum dp_gov_refusal {
     DP_GOV_REFUSAL_MAX,
 };
 
-/** May client key <k> (may be NULL) make a request of about <est_tokens> now? Takes from its
- * rpm/tpm limiters; when refused sets *<retry_after_ms> and *<which> ("requests per minute"). */
-bool dp__gov_key_admits(struct dp_worker *w, const struct sy_key *k, uint32_t est_tokens,
-                        uint32_t *retry_after_ms, const char **which);
+/** What a request took from its client key's token limiters, settled when it ends. */
+struct dp_key_grant {
+    uint32_t tpm;       /* tokens reserved on the key's own tpm limiter */
+    uint32_t model_tpm; /* ...and on the key's tpm limiter for the model */
+    const struct sy_key_limit *limit; /* the key's limits on the model (borrowed), or NULL */
+    uint32_t model_slot;
+};
+
+/** May client key <k> (may be NULL) make a request of about <est_tokens> to public model <m>
+ * now? Takes from its rpm/tpm limiters and from those of its limits on <m>, recording the
+ * tokens taken in *<grant>; when refused takes nothing, sets *<retry_after_ms> and *<which>
+ * ("requests per minute", "tokens per minute on this model"). */
+bool dp__gov_key_admits(struct dp_worker *w, const struct sy_key *k, const struct sy_model *m,
+                        uint32_t est_tokens, struct dp_key_grant *grant, uint32_t *retry_after_ms,
+                        const char **which);
 /** Count a request against the retry budget of <w>. */
 void dp__gov_request(struct dp_worker *w, const struct sy_policy *pol);
 /** May a retry happen now (retries stay under pol->retry.budget_percent of requests)? Counts
@@ -101,10 +112,11 @@ void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct
                      const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
                      uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns);
 /** TPM reconciliation: the tokens reserved (estimated prompt plus max_tokens) on deployment <d>
- * and on key <k> become the <actual> tokens the provider reported (0 for an attempt that
- * failed): the difference is charged or given back. Either may be NULL or reserve 0. */
+ * and those key <k> was granted (<grant>) become the <actual> tokens the provider reported (0
+ * for an attempt that failed): the difference is charged or given back. <d>, <k> and <grant>
+ * may be NULL. */
 void dp__gov_tpm_settle(struct dp_worker *w, const struct sy_deployment *d, const struct sy_key *k,
-                        uint64_t reserved_dep, uint64_t reserved_key, uint64_t actual);
+                        uint64_t reserved_dep, const struct dp_key_grant *grant, uint64_t actual);
 /** The shared-memory outcome class of an attempt's outcome. */
 enum sy_outcome dp__gov_outcome(enum dp_outcome o);
 /** A decision worth the log: a retry, a fallback, a rule's route, a rejection. */

@@ -437,6 +437,7 @@ enum field_kind {
     FIELD_PRICE,       /* struct sy_price, a nested map */
     FIELD_HASH,        /* struct sy_key's hash: 64 lowercase hex digits */
     FIELD_MODEL_LIST,  /* struct sy_key's models/n_models: array of strings, NULL when absent */
+    FIELD_KEY_LIMITS,  /* struct sy_key's model_limits: map model name -> {rpm, tpm} */
     FIELD_POLICY,      /* struct sy_model's policy, a nested map read in a second pass */
     FIELD_FALLBACKS,   /* struct sy_model's policy.fallbacks: model names, second pass too */
     FIELD_BALANCE,     /* enum sy_balance */
@@ -521,6 +522,12 @@ static const struct field key_fields[] = {
     KEY_FIELD("slot", FIELD_U32, slot),
     KEY_FIELD("rpm", FIELD_U32, rpm),
     KEY_FIELD("tpm", FIELD_U32, tpm),
+    KEY_FIELD("model_limits", FIELD_KEY_LIMITS, model_limits),
+};
+
+static const struct field key_limit_fields[] = {
+    {"rpm", FIELD_U32, offsetof(struct sy_key_limit, rpm), 0, 0},
+    {"tpm", FIELD_U32, offsetof(struct sy_key_limit, tpm), 0, 0},
 };
 
 static const struct field model_fields[] = {
@@ -750,6 +757,44 @@ static int decode_model_list(struct dec *d, const msgpack_object *v, struct sy_k
         path_pop(d, mark);
     }
     qsort(k->models, n, sizeof(*k->models), cmp_str_ptr);
+    return 0;
+}
+
+static int cmp_key_limit(const void *a, const void *b)
+{
+    return strcmp(((const struct sy_key_limit *)a)->model, ((const struct sy_key_limit *)b)->model);
+}
+
+/* A key's limits per public model: {"<model>": {"rpm": n, "tpm": n}, ...}. Like the key's
+ * models, the names need not exist yet. Kept sorted for sy_key_model_limit(). */
+static int decode_key_limits(struct table_dec *td, const msgpack_object *v, struct sy_key *k)
+{
+    struct dec *d = &td->d;
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return fail(d, -EINVAL, "expected a map of model names to limits, got %s", type_name(v));
+    uint32_t n = v->via.map.size;
+    k->model_limits = calloc(n ? n : 1, sizeof(*k->model_limits));
+    if (k->model_limits == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *name = &v->via.map.ptr[i].key;
+        struct sy_key_limit *l = &k->model_limits[i];
+        int rc = get_str(d, name, &l->model);
+        if (rc < 0)
+            return rc;
+        k->n_model_limits++; /* counted now so that a failure below frees it */
+        size_t mark = path_key(d, l->model);
+        if (l->model[0] == '\0')
+            return fail(d, -EINVAL, "a model name must not be empty");
+        if ((rc = decode_fields(td, &v->via.map.ptr[i].val, key_limit_fields,
+                                SY_ARRAY_LEN(key_limit_fields), l)) < 0)
+            return rc;
+        path_pop(d, mark);
+    }
+    qsort(k->model_limits, n, sizeof(*k->model_limits), cmp_key_limit);
+    for (uint32_t i = 1; i < n; i++)
+        if (strcmp(k->model_limits[i - 1].model, k->model_limits[i].model) == 0)
+            return fail(d, -EINVAL, "model \"%s\" is given twice", k->model_limits[i].model);
     return 0;
 }
 
@@ -1398,6 +1443,8 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
         return get_hash(d, v, p);
     case FIELD_MODEL_LIST:
         return decode_model_list(d, v, SY_CONTAINER_OF(p, struct sy_key, models));
+    case FIELD_KEY_LIMITS:
+        return decode_key_limits(td, v, SY_CONTAINER_OF(p, struct sy_key, model_limits));
     case FIELD_POLICY:
     case FIELD_FALLBACKS:
         return 0; /* read by decode_models() once every model's name is known */
@@ -1653,6 +1700,9 @@ static void key_free(struct sy_key *k)
     for (uint32_t i = 0; i < k->n_models; i++)
         free(k->models[i]);
     free(k->models);
+    for (uint32_t i = 0; i < k->n_model_limits; i++)
+        free(k->model_limits[i].model);
+    free(k->model_limits);
 }
 
 static void table_free(struct sy_table *t)
@@ -2035,6 +2085,13 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     if (v && (rc = decode_keys(td, v)) < 0)
         return rc;
     path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "nodes", &v)) < 0)
+        return rc;
+    mark = path_key(d, "nodes");
+    if (v && (rc = get_u32_range(d, v, 1, 65536, &td->t->nodes)) < 0)
+        return rc;
+    path_pop(d, mark);
     return 0;
 }
 
@@ -2327,6 +2384,16 @@ static void pack_field(msgpack_packer *pk, const struct sy_table *t, const struc
             pack_cstr(pk, k->models[i]);
         return;
     }
+    case FIELD_KEY_LIMITS: {
+        const struct sy_key *k = SY_CONTAINER_OF(p, struct sy_key, model_limits);
+        msgpack_pack_map(pk, k->n_model_limits);
+        for (uint32_t i = 0; i < k->n_model_limits; i++) {
+            pack_cstr(pk, k->model_limits[i].model);
+            pack_fields(pk, t, key_limit_fields, SY_ARRAY_LEN(key_limit_fields),
+                        &k->model_limits[i]);
+        }
+        return;
+    }
     case FIELD_POLICY:
         pack_fields(pk, t, policy_fields, SY_ARRAY_LEN(policy_fields), p);
         return;
@@ -2385,6 +2452,8 @@ static bool field_absent(const struct field *f, const void *p)
         return *(char *const *)p == NULL;
     case FIELD_MODEL_LIST:
         return *(char **const *)p == NULL;
+    case FIELD_KEY_LIMITS:
+        return SY_CONTAINER_OF(p, struct sy_key, model_limits)->n_model_limits == 0;
     case FIELD_OLD_BALANCE:
         return true;
     case FIELD_POLICY:
@@ -2423,7 +2492,7 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 7);
+    msgpack_pack_map(&pk, 7 + (t->nodes > 1));
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -2447,6 +2516,10 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_pack_array(&pk, t->n_keys);
     for (uint32_t i = 0; i < t->n_keys; i++)
         pack_fields(&pk, t, key_fields, SY_ARRAY_LEN(key_fields), &t->keys[i]);
+    if (t->nodes > 1) {
+        pack_cstr(&pk, "nodes");
+        msgpack_pack_uint32(&pk, t->nodes);
+    }
     return 0;
 }
 
@@ -2489,6 +2562,22 @@ const struct sy_key *sy_table_find_key(const struct sy_table *t,
         int c = memcmp(hash, t->keys[mid].hash, SY_KEY_HASH_LEN);
         if (c == 0)
             return &t->keys[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+const struct sy_key_limit *sy_key_model_limit(const struct sy_key *k, const char *model)
+{
+    size_t lo = 0, hi = k->n_model_limits;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(model, k->model_limits[mid].model);
+        if (c == 0)
+            return &k->model_limits[mid];
         if (c < 0)
             hi = mid;
         else

@@ -165,7 +165,8 @@ static inline void happy_request(struct bench *b, const struct sy_table *t,
     struct ctx p = {.w = w, .t = t, .m = m, .est_tokens = 30};
     uint32_t key_wait;
     const char *key_limit = NULL;
-    if (!dp__gov_key_admits(w, NULL, p.est_tokens, &key_wait, &key_limit))
+    struct dp_key_grant grant;
+    if (!dp__gov_key_admits(w, NULL, m, p.est_tokens, &grant, &key_wait, &key_limit))
         b->failures++;
     dp__gov_request(w, pol);
     struct dp_pick_env env = {admits, inflight, ttfb_us, &p};

@@ -437,23 +437,31 @@ def test_rules_match_headers_and_token_counts_in_order(routed):
     assert _ask(routed, "word " * 9000) == "long-ctx"
 
 
-def test_client_key_rpm_limit(gateway, mock):
+def keyed(t, key, **fields):
+    """Make table <t> require client keys, with <key> (its fields as given) the only one."""
     import hashlib
-    mock.reset()
-    key = "sk-sy-limited-key-0123456789"
-    t = table([dep(mock, "d")], [model("gpt", [("d", 1)])])
     t["require_keys"] = True
-    t["keys"] = [{"hash": hashlib.sha256(key.encode()).hexdigest(), "id": 1, "name": "agent",
-                  "prefix": "sk-sy-limi", "slot": 3, "rpm": 2}]
-    gw = gateway(t, workers=2)
-    auth = {"Authorization": f"Bearer {key}"}
-    assert chat(gw, headers=auth)[0] == 200
-    assert chat(gw, headers=auth)[0] == 200
-    status, headers, body = chat(gw, headers=auth)
+    t["keys"] = [dict({"hash": hashlib.sha256(key.encode()).hexdigest(), "id": 1,
+                       "name": "agent", "prefix": key[:10]}, **fields)]
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_key_limited(gw, auth, fragment, n_ok, **extra):
+    for _ in range(n_ok):
+        status, _, body = chat(gw, headers=auth, **extra)
+        assert status == 200, body
+    status, headers, body = chat(gw, headers=auth, **extra)
     assert status == 429
     assert body["error"]["code"] == "rate_limit_exceeded"
-    assert "API key" in body["error"]["message"]
+    assert fragment in body["error"]["message"]
     assert int(headers["retry-after"]) >= 1
+
+
+def test_client_key_rpm_limit(gateway, mock):
+    mock.reset()
+    t = table([dep(mock, "d")], [model("gpt", [("d", 1)])])
+    auth = keyed(t, "sk-sy-limited-key-0123456789", slot=3, rpm=2)
+    assert_key_limited(gateway(t, workers=2), auth, "API key (requests per minute)", 2)
 
 
 def test_tpm_reserves_the_estimate_and_is_reconciled_with_real_usage(gateway, mock):
@@ -470,3 +478,32 @@ def test_tpm_reserves_the_estimate_and_is_reconciled_with_real_usage(gateway, mo
     status, headers, body = chat(gw, max_tokens=5000)
     assert status == 429
     assert body["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_client_key_limits_per_model_hold_on_that_model_only(gateway, mock):
+    """A key's limits on one public model: its own rpm there is 2 (every worker shares it), a
+    third request is refused naming the model's limit, and the key's other model is free."""
+    mock.reset()
+    t = table([dep(mock, "d")], [model("gpt", [("d", 1)]), model("cheap", [("d", 1)])])
+    auth = keyed(t, "sk-sy-model-limited-0123456789", slot=4, rpm=100,
+                 model_limits={"gpt": {"rpm": 2}, "other.model-1.5": {"tpm": 10}})
+    gw = gateway(t, workers=2)
+    assert_key_limited(gw, auth, "requests per minute on this model", 2)
+    for _ in range(5):
+        assert chat(gw, model_name="cheap", headers=auth)[0] == 200
+
+
+def test_client_key_tpm_per_model_reserves_and_refuses_what_cannot_fit(gateway, mock):
+    mock.reset()
+    t = table([dep(mock, "d")], [model("gpt", [("d", 1)], retry={"attempts": 1})])
+    auth = keyed(t, "sk-sy-model-tpm-0123456789abc", slot=5,
+                 model_limits={"gpt": {"tpm": 1000}})
+    gw = gateway(t)
+    # ~600 reserved each time, ~10 really used: reconciliation gives the rest back; then a
+    # request that cannot fit even in an empty bucket is refused.
+    for _ in range(4):
+        status, _, body = chat(gw, headers=auth, max_tokens=600)
+        assert status == 200, body
+    status, _, body = chat(gw, headers=auth, max_tokens=5000)
+    assert status == 429
+    assert "tokens per minute on this model" in body["error"]["message"]

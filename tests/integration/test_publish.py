@@ -42,7 +42,7 @@ class ControlPlane(harness.HTTPClientMixin):
     """A running `switchyard-controlplane serve` with its admin API and data-plane socket."""
 
     def __init__(self, build_dir, workdir, db_url, sock, node, name="cp", master_key=MASTER_KEY,
-                 wait=True):
+                 wait=True, args=()):
         exe = os.path.join(build_dir, "controlplane", "switchyard-controlplane")
         self.port_file = os.path.join(workdir, f"{name}.port")
         if os.path.exists(self.port_file):
@@ -51,7 +51,7 @@ class ControlPlane(harness.HTTPClientMixin):
         self.node = node
         argv = [exe, "serve", "--database-url", db_url, "--admin-listen", "127.0.0.1:0",
                 "--admin-token", ADMIN_TOKEN, "--socket", sock, "--node-id", node,
-                "--port-file", self.port_file, "--log-level", "debug"]
+                "--port-file", self.port_file, "--log-level", "debug", *args]
         self.process = harness.ManagedProcess(name, argv, os.path.join(workdir, f"{name}.log"),
                                               env={"SWITCHYARD_MASTER_KEY": master_key})
         self.proc = self.process.proc

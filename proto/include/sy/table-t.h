@@ -196,6 +196,13 @@ struct sy_model {
     struct sy_policy policy; /* defaults when the table gives none */
 };
 
+/** A client key's limits on one public model, on top of the key's own. */
+struct sy_key_limit {
+    char *model;  /* public model name; need not exist (a model may be added later) */
+    uint32_t rpm; /* requests per minute on that model; 0 = no limit */
+    uint32_t tpm; /* tokens per minute on that model; 0 = no limit */
+};
+
 /** Length of a client key's hash: SHA-256. */
 #define SY_KEY_HASH_LEN 32
 
@@ -215,6 +222,8 @@ struct sy_key {
     uint32_t slot;      /* index in the shared-memory counters */
     uint32_t rpm;       /* requests per minute; 0 = no limit */
     uint32_t tpm;       /* tokens per minute; 0 = no limit */
+    struct sy_key_limit *model_limits; /* sorted by model name; NULL when none */
+    uint32_t n_model_limits;
 };
 
 /** A routing table. Immutable once decoded; shared by reference count between a worker and the
@@ -230,4 +239,5 @@ struct sy_table {
     bool require_keys;   /* model endpoints and /v1/models need a client key */
     struct sy_key *keys; /* sorted by hash, for binary search */
     uint32_t n_keys;
+    uint32_t nodes; /* live nodes the limits above were divided by (their share); 0 or 1: one */
 };

@@ -82,6 +82,9 @@ const struct sy_key *sy_table_find_key(const struct sy_table *t,
  * NUL-terminated): true when the key lists no models or lists this one (case-sensitive). */
 bool sy_key_allows_model(const struct sy_key *k, const char *model, size_t len);
 
+/** The limits key <k> has on public model <model> (borrowed), or NULL when it has none. */
+const struct sy_key_limit *sy_key_model_limit(const struct sy_key *k, const char *model);
+
 /** Take one more reference on <t>. */
 static inline struct sy_table *sy_table_ref(struct sy_table *t)
 {
