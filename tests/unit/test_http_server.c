@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The HTTP/1.1 server as a client sees it over a real socket: status line, Content-Length and
  * x-request-id; keep-alive, pipelining answered in order; chunked request bodies and
- * Expect: 100-continue; the head and body limits (431, 413), malformed requests (400), the head
- * and idle timeouts; chunked response framing and resp_abort's truncated message; on_abort when
- * the client leaves mid-request; drain's Connection: close; query parameters.
+ * Expect: 100-continue; the head and body limits (431, 413), malformed requests (400), the head,
+ * whole-body and idle timeouts; chunked response framing and resp_abort's truncated message;
+ * on_abort when the client leaves mid-request; drain's Connection: close; query parameters.
  *
  * Each test runs the server on a libuv loop in the test thread and a blocking client script in a
  * helper thread. The script never asserts (cmocka cannot fail from another thread): it records
@@ -812,6 +812,34 @@ static void test_header_timeout_gets_408(void **state)
     assert_int_equal(F.n_requests, 0);
 }
 
+#define BODY_TOTAL_MS 250
+
+static void script_dribbled_body(struct fx *f)
+{
+    int fd = cl_connect(f);
+    CHECK(f, fd != -1);
+    CHECK(f, cl_send(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"));
+    /* A byte every third of the silence timeout never stalls; only the deadline ends it. */
+    for (int i = 0; i < 60 && cl_send(fd, "x"); i++)
+        sleep_ms(HEADER_TIMEOUT_MS / 3);
+    cl_read_all(f, fd, 0);
+    close(fd);
+}
+
+static void test_body_dribbled_gets_408_at_the_whole_body_deadline(void **state)
+{
+    (void)state;
+    F.srv.limits.body_total_timeout_ms = BODY_TOTAL_MS;
+    long t0 = now_ms();
+    run_client(script_dribbled_body);
+    long total = now_ms() - t0;
+    assert_true(F.got_eof[0]);
+    assert_int_equal(status_of(F.got[0]), 408);
+    assert_non_null(strstr(body_of(F.got[0]), "did not arrive in time"));
+    assert_true(total >= BODY_TOTAL_MS - 10);
+    assert_int_equal(F.n_requests, 0);
+}
+
 static void script_idle(struct fx *f)
 {
     int fd = cl_connect(f);
@@ -1005,6 +1033,7 @@ int main(void)
         T(test_body_over_limit_by_chunks_gets_413),
         T(test_malformed_request_gets_400),
         T(test_header_timeout_gets_408),
+        T(test_body_dribbled_gets_408_at_the_whole_body_deadline),
         T(test_idle_keep_alive_closed_after_idle_timeout),
         T(test_chunked_response_is_framed),
         T(test_resp_abort_leaves_message_unfinished_and_closes),
