@@ -66,7 +66,8 @@ struct sy_http_conn {
     bool in_value;
     size_t head_bytes;
     int err_status; /* set by a callback that refuses the request (413, 431) */
-    uint64_t body_deadline; /* loop time by which the whole body must be in; 0: none */
+    /* loop time by which the whole body must be in; 0: none */
+    uint64_t body_deadline;
     size_t trailer_bytes;
     const char *err_msg;
 

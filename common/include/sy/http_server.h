@@ -32,8 +32,9 @@ struct sy_http_limits {
     uint32_t body_timeout_ms;   /* longest silence inside a body -> 408 */
     uint32_t idle_timeout_ms;   /* keep-alive connection idle between requests -> closed */
     uint32_t send_timeout_ms;   /* a client that reads nothing for this long -> closed */
-    uint32_t body_total_timeout_ms; /* the whole body must arrive within this -> 408 (a body
-                                       dribbled a byte at a time never stalls); 0: no bound */
+    /* the whole body must arrive within this -> 408 (a body dribbled a byte at a time never
+     * stalls); 0: no bound */
+    uint32_t body_total_timeout_ms;
 };
 
 /** A complete request, to be answered with sy_http_resp_*. */
