@@ -332,6 +332,14 @@ def test_100000_messages_are_served(gateway, mock):
     assert json.loads(data)["usage"]["prompt_tokens"] > 100000 // 4
     sent = [json.loads(r["body"]) for r in mock.requests() if '"oai-up"' in r["body"]]
     assert len(sent[-1]["messages"]) == 100000
+    # The same through the translator: an Anthropic client on the OpenAI deployment.
+    body = json.dumps({"model": "gpt", "max_tokens": 16, "messages": msgs}).encode()
+    status, _, data = during(gw, gw.request, "POST", MESSAGES, body,
+                             {"Content-Type": "application/json"}, 60)
+    assert status == 200, data[:300]
+    assert json.loads(data)["type"] == "message"
+    sent = [json.loads(r["body"]) for r in mock.requests() if '"oai-up"' in r["body"]]
+    assert len(sent[-1]["messages"]) == 100000
     assert_unharmed(gw)
 
 
