@@ -51,6 +51,14 @@ static int on_member(void *ud, const struct dp_json_member *m)
     return 0;
 }
 
+static int find_bad_stream_options(void *ud, const struct dp_json_member *m)
+{
+    if (dp_json_key_is(m, "stream_options", 14) && m->type != DP_JSON_OBJECT &&
+        m->type != DP_JSON_NULL)
+        *(bool *)ud = true;
+    return 0;
+}
+
 static void check_rewrite(const char *body, size_t len, json_t *root, bool force)
 {
     struct dp_rewrite rw = {.model = "up-\"model\"", .model_len = 10, .force_include_usage = force};
@@ -63,8 +71,12 @@ static void check_rewrite(const char *body, size_t len, json_t *root, bool force
         sy_buf_free(&out);
         return;
     }
-    json_t *so = json_object_get(root, "stream_options");
-    if (force && so && !json_is_object(so) && !json_is_null(so)) {
+    /* The rewrite looks at every "stream_options" member, jansson keeps the last: a body with
+     * one that is neither an object nor null is refused when include_usage is forced, even if a
+     * later duplicate is an object (proxy.c then answers 400). */
+    bool bad_so = false;
+    dp_json_top_members(body, len, find_bad_stream_options, &bad_so);
+    if (force && bad_so) {
         FUZZ_CHECK(rc == -EINVAL, "a stream_options that cannot be forced is refused");
         sy_buf_free(&out);
         return;
