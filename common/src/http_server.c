@@ -1,11 +1,18 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/** The HTTP/1.1 server (see sy/http_server.h): accept, parse with llhttp, enforce limits and timeouts,
- * hand complete requests to the owner one at a time per connection, write responses.
+/** The HTTP/1.1 server (see sy/http_server.h): accept, parse with llhttp, enforce limits and
+ * timeouts, hand complete requests to the owner one at a time per connection, write responses.
  *
  * Reading: every connection reads into the worker's one shared buffer and parses in place; only
  * bytes that arrive while a request is being handled (pipelining) are copied aside. Writing:
- * uv_try_write first, and only what the socket did not take is copied into a queued write. */
+ * uv_try_write first, and only what the socket did not take is copied into a queued write.
+ *
+ * TLS (when the server has a sy_tls_server): ciphertext read from the socket goes into the
+ * connection's read BIO, SSL_read gives plaintext that takes the very same path as a plaintext
+ * connection's bytes; responses go through SSL_write into the write BIO, whose ciphertext is
+ * written like any response. A plaintext connection pays one well-predicted branch. */
 
+#include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,8 +21,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "sy/http_server.h"
 #include "sy/log.h"
+#include "sy/tls_server.h"
 #include "sy/util.h"
 
 enum conn_state {
@@ -74,6 +85,10 @@ struct sy_http_conn {
     struct sy_http_request req;
     bool req_active; /* handed to the handler, not yet ended */
 
+    /* TLS: NULL on a plaintext connection */
+    SSL *ssl;
+    bool tls_seen; /* the first byte arrived (and was a TLS record) */
+
     /* writing */
     struct sy_buf out; /* response head scratch */
     unsigned writes_pending;
@@ -103,6 +118,8 @@ static void conn_close_graceful(struct sy_http_conn *c);
 static void conn_process(struct sy_http_conn *c);
 static void request_finish(struct sy_http_conn *c);
 static void conn_read_start(struct sy_http_conn *c);
+static int tls_flush(struct sy_http_conn *c);
+static void conn_input(struct sy_http_conn *c, const char *d, size_t n);
 
 /* ============================================================================================
  * Small helpers
@@ -185,6 +202,24 @@ const char *sy_http_req_header(const struct sy_http_request *req, const char *na
     return NULL;
 }
 
+int sy_http_req_peer(const struct sy_http_request *req, char *out, size_t n)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[64];
+    int r = uv_tcp_getpeername(&req->conn->tcp, (struct sockaddr *)&ss, &len);
+    if (r < 0)
+        return r;
+    if (ss.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof(host));
+        snprintf(out, n, "[%s]:%u", host, (unsigned)ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    } else {
+        uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
+        snprintf(out, n, "%s:%u", host, (unsigned)ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    }
+    return 0;
+}
+
 const char *sy_http_req_query(const struct sy_http_request *req, const char *name, size_t *len)
 {
     size_t n = strlen(name);
@@ -240,9 +275,9 @@ static void write_cb(uv_write_t *wr, int status)
     }
 }
 
-/* Write <bufs> in order after anything already queued. Returns 1 above the backpressure mark,
- * 0 otherwise, or a negative errno when the connection cannot be written. */
-static int conn_write(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n)
+/* Write <bufs> to the socket in order after anything already queued. Returns 1 above the
+ * backpressure mark, 0 otherwise, or a negative errno when the connection cannot be written. */
+static int raw_write(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n)
 {
     if (c->state == CONN_CLOSING && c->closes_pending)
         return -EPIPE;
@@ -288,6 +323,16 @@ static int conn_write(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n)
         return 1;
     }
     return 0;
+}
+
+static int tls_write(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n);
+
+/* Write <bufs> (borrowed) as raw_write does, through TLS on a TLS connection. */
+static int conn_write(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n)
+{
+    if (__builtin_expect(c->ssl != NULL, 0))
+        return tls_write(c, bufs, n);
+    return raw_write(c, bufs, n);
 }
 
 /* Format the status line and headers into c->out. */
@@ -790,6 +835,119 @@ static void conn_process(struct sy_http_conn *c)
 }
 
 /* ============================================================================================
+ * TLS
+ * ========================================================================================== */
+
+/* A plain-HTTP client on the TLS port: its first byte is not a TLS handshake record (0x16).
+ * Tell it in words it can read, unencrypted, and close, rather than leave it waiting. */
+#define PLAIN_ON_TLS_BODY                                                                          \
+    "{\"error\":{\"message\":\"This port speaks HTTPS: a plain HTTP request was sent to it.\","    \
+    "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"https_required\"}}\n"
+#define PLAIN_ON_TLS_LEN "153"
+static_assert(sizeof(PLAIN_ON_TLS_BODY) - 1 == 153, "PLAIN_ON_TLS_LEN is the body's length");
+static const char plain_on_tls[] = "HTTP/1.1 400 Bad Request\r\n"
+                                   "Content-Type: application/json\r\n"
+                                   "Content-Length: " PLAIN_ON_TLS_LEN "\r\n"
+                                   "Connection: close\r\n"
+                                   "\r\n" PLAIN_ON_TLS_BODY;
+
+static void tls_accept(struct sy_http_conn *c, struct sy_tls_server *t)
+{
+    BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+    c->ssl = SSL_new(t->ctx);
+    SY_REQUIRE(c->ssl && rbio && wbio);
+    /* An empty read BIO means "wait for more", never EOF: libuv tells us about EOF. */
+    BIO_set_mem_eof_return(rbio, -1);
+    SSL_set_bio(c->ssl, rbio, wbio);
+    SSL_set_accept_state(c->ssl);
+}
+
+/* Move the ciphertext OpenSSL produced (handshake, records, alerts) to the socket. */
+static int tls_flush(struct sy_http_conn *c)
+{
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    char *data;
+    long pending = BIO_get_mem_data(wbio, &data);
+    if (pending <= 0)
+        return 0;
+    /* Straight from the BIO's memory: raw_write copies only what the socket does not take. */
+    uv_buf_t b = uv_buf_init(data, (unsigned)pending);
+    int r = raw_write(c, &b, 1);
+    (void)BIO_reset(wbio);
+    return r;
+}
+
+static int tls_write(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n)
+{
+    if (c->state == CONN_CLOSING && c->closes_pending)
+        return -EPIPE;
+    for (unsigned i = 0; i < n; i++) {
+        if (bufs[i].len == 0)
+            continue;
+        /* A memory BIO takes everything: SSL_write writes all of it or fails. */
+        ERR_clear_error();
+        if (SSL_write(c->ssl, bufs[i].base, (int)bufs[i].len) <= 0) {
+            ERR_clear_error();
+            return -EPROTO;
+        }
+    }
+    return tls_flush(c);
+}
+
+static void tls_input(struct sy_http_conn *c, const char *d, size_t n)
+{
+    if (!c->tls_seen) {
+        c->tls_seen = true;
+        if ((unsigned char)d[0] != 0x16) {
+            uv_buf_t b = uv_buf_init((char *)plain_on_tls, sizeof(plain_on_tls) - 1);
+            if (raw_write(c, &b, 1) < 0)
+                conn_close(c);
+            else
+                conn_close_graceful(c);
+            return;
+        }
+    }
+    BIO_write(SSL_get_rbio(c->ssl), d, (int)n);
+    char *plain = c->srv->tls_plain;
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, plain, SY_HTTP_TLS_PLAIN_BUF);
+        if (r > 0) {
+            conn_input(c, plain, (size_t)r);
+            if (c->state == CONN_CLOSING)
+                break; /* closed or closing; what is left is discarded */
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            break;
+        if (e == SSL_ERROR_ZERO_RETURN) { /* the client's close_notify: its end of stream */
+            tls_flush(c);
+            conn_close(c);
+            return;
+        }
+        /* A failed handshake or a bad record: nothing more on this connection can be trusted.
+         * The alert OpenSSL wrote goes out before the close when nothing is in flight. */
+        unsigned long why = ERR_peek_error();
+        char reason[160];
+        ERR_error_string_n(why, reason, sizeof(reason));
+        ERR_clear_error();
+        sy_log(SY_LOG_DEBUG, "server", "TLS %s failed: %s",
+               SSL_is_init_finished(c->ssl) ? "connection" : "handshake", reason);
+        tls_flush(c);
+        SSL_set_quiet_shutdown(c->ssl, 1); /* no close_notify after a fatal alert */
+        if (c->req_active)
+            conn_close(c);
+        else
+            conn_close_graceful(c);
+        return;
+    }
+    /* Handshake messages and session tickets; a closing connection flushed its last bytes. */
+    if (c->state != CONN_CLOSING && tls_flush(c) < 0)
+        conn_close(c);
+}
+
+/* ============================================================================================
  * Connection life
  * ========================================================================================== */
 
@@ -798,6 +956,28 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct sy_http_conn *c = (struct sy_http_conn *)h;
     *buf = uv_buf_init(c->srv->rbuf, sizeof(c->srv->rbuf));
 }
+
+/* Plaintext bytes <d>/<n> of the request stream (borrowed; consumed or copied before return). */
+static void conn_input(struct sy_http_conn *c, const char *d, size_t n)
+{
+    if (c->req_active || c->in.len > c->in_off) {
+        sy_buf_append(&c->in, d, n);
+        if (c->in.len - c->in_off > MAX_BUFFERED_INPUT && c->reading) {
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = false;
+        }
+        conn_process(c);
+        return;
+    }
+    c->processing = true;
+    size_t used = conn_parse(c, d, n);
+    c->processing = false;
+    if (used < n && c->state != CONN_CLOSING)
+        sy_buf_append(&c->in, d + used, n - used);
+    conn_process(c);
+}
+
+static void tls_input(struct sy_http_conn *c, const char *d, size_t n);
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
@@ -811,21 +991,10 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->state == CONN_CLOSING)
         return; /* lingering: discard */
-    if (c->req_active || c->in.len > c->in_off) {
-        sy_buf_append(&c->in, buf->base, (size_t)nread);
-        if (c->in.len - c->in_off > MAX_BUFFERED_INPUT && c->reading) {
-            uv_read_stop(s);
-            c->reading = false;
-        }
-        conn_process(c);
-        return;
-    }
-    c->processing = true;
-    size_t used = conn_parse(c, buf->base, (size_t)nread);
-    c->processing = false;
-    if (used < (size_t)nread && c->state != CONN_CLOSING)
-        sy_buf_append(&c->in, buf->base + used, (size_t)nread - used);
-    conn_process(c);
+    if (__builtin_expect(c->ssl != NULL, 0))
+        tls_input(c, buf->base, (size_t)nread);
+    else
+        conn_input(c, buf->base, (size_t)nread);
 }
 
 static void conn_read_start(struct sy_http_conn *c)
@@ -841,6 +1010,8 @@ static void close_cb(uv_handle_t *h)
         return;
     struct sy_http_server *srv = c->srv;
     request_reset(c);
+    if (c->ssl)
+        SSL_free(c->ssl); /* and its BIOs */
     sy_buf_free(&c->in);
     sy_buf_free(&c->hbuf);
     sy_buf_free(&c->out);
@@ -893,6 +1064,12 @@ static void conn_close_graceful(struct sy_http_conn *c)
     if (c->state == CONN_CLOSING)
         return;
     c->state = CONN_CLOSING;
+    if (c->ssl && SSL_is_init_finished(c->ssl)) {
+        /* close_notify, so the client can tell our end of the stream from a truncation */
+        ERR_clear_error();
+        SSL_shutdown(c->ssl);
+        tls_flush(c);
+    }
     c->shutdown.data = c;
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_cb) < 0) {
         conn_close(c);
@@ -957,6 +1134,8 @@ static void on_connection(uv_stream_t *server, int status)
     srv->n_conns++;
     link_insert(&srv->conns, &c->link);
     uv_tcp_nodelay(&c->tcp, 1);
+    if (srv->tls)
+        tls_accept(c, srv->tls);
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
     sy_arena_init(&c->req.arena);
@@ -987,6 +1166,7 @@ void sy_http_server_init(struct sy_http_server *srv, uv_loop_t *loop,
     srv->conns.next = srv->conns.prev = &srv->conns;
     srv->n_conns = 0;
     srv->draining = false;
+    srv->tls = NULL;
     uv_tcp_init(loop, &srv->listener);
     if (getrandom(&srv->id_prefix, sizeof(srv->id_prefix), 0) != sizeof(srv->id_prefix))
         srv->id_prefix = (uint32_t)getpid() * 2654435761u;

@@ -25,7 +25,15 @@ struct call_private {
 static const struct cp_resource *const resources[] = {
     &cp_api_providers, &cp_api_deployments, &cp_api_models,
     &cp_api_keys,      &cp_api_catalog,     &cp_api_status,
-    &cp_api_usage,     &cp_api_events,
+    &cp_api_usage,     &cp_api_events,      &cp_api_audit,
+};
+
+/* What the framework learns about an admin write while serving it, for its audit record:
+ * kept in the request (req->ctx, in its arena) until the request ends. */
+struct audit_note {
+    enum cp_role role;
+    const char *token_name; /* a named token's name (in the request's arena), or NULL */
+    int64_t version;        /* the ETag of the answer, -1 for none */
 };
 
 /* ============================================================================================
@@ -94,6 +102,9 @@ const char *cp_i64(char buf[24], int64_t v)
 void cp_call_json_text(struct cp_call *c, int status, const char *json, int64_t etag)
 {
     if (c->req) {
+        struct audit_note *note = c->req->ctx;
+        if (note && etag >= 0)
+            note->version = etag;
         char extra[48] = "";
         if (etag >= 0)
             snprintf(extra, sizeof(extra), "ETag: \"%lld\"\r\n", (long long)etag);
@@ -623,9 +634,12 @@ const char *cp_call_param(struct cp_call *c, const char *name)
     return d;
 }
 
-/* The token's role, compared in constant time whatever the lengths: compare SHA-256 digests. */
-static enum cp_role authenticate(struct cp_server *cp, struct sy_http_request *req)
+/* The token's role, compared in constant time whatever the lengths: compare SHA-256 digests,
+ * every one of them, whichever matches. A named token's name goes to *<name> (NULL otherwise). */
+static enum cp_role authenticate(struct cp_server *cp, struct sy_http_request *req,
+                                 const char **name)
 {
+    *name = NULL;
     size_t len;
     const char *h = sy_http_req_header(req, "authorization", &len);
     if (!h || len < 8 || strncasecmp(h, "Bearer ", 7) != 0)
@@ -642,6 +656,13 @@ static enum cp_role authenticate(struct cp_server *cp, struct sy_http_request *r
         cp_crypto_sha256(cp->cfg.readonly_token, strlen(cp->cfg.readonly_token), want);
         if (cp_crypto_equal(given, want, sizeof(want)) && role == CP_ROLE_NONE)
             role = CP_ROLE_READ;
+    }
+    for (size_t i = 0; i < cp->cfg.n_tokens; i++) {
+        const struct cp_token *t = &cp->cfg.tokens[i];
+        if (cp_crypto_equal(given, t->hash, sizeof(t->hash)) && role == CP_ROLE_NONE) {
+            role = t->role;
+            *name = t->name;
+        }
     }
     return role;
 }
@@ -690,7 +711,17 @@ void cp__api_request(struct sy_http_request *req)
                            "Unknown URL %s: the admin API lives under /admin/v1/", req->path);
         return;
     }
-    enum cp_role role = authenticate(cp, req);
+    const char *token_name;
+    enum cp_role role = authenticate(cp, req, &token_name);
+    if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
+        /* A write, or an attempt at one: audited when it ends (cp__api_request_done). */
+        struct audit_note *note = sy_arena_alloc(&req->arena, sizeof(*note));
+        note->role = role;
+        note->token_name =
+            token_name ? sy_arena_strndup(&req->arena, token_name, strlen(token_name)) : NULL;
+        note->version = -1;
+        req->ctx = note;
+    }
     if (role == CP_ROLE_NONE) {
         simple_error(req, 401, "authentication_error", "invalid_admin_token",
                      "A valid admin token is required: Authorization: Bearer <token>.");
@@ -813,4 +844,13 @@ void cp__api_request(struct sy_http_request *req)
         update(c, replace);
     else
         handler(c);
+}
+
+void cp__api_request_done(struct sy_http_request *req)
+{
+    struct audit_note *note = req->ctx;
+    if (!note)
+        return;
+    req->ctx = NULL;
+    cp__audit_request(req->server->data, req, note->role, note->token_name, note->version);
 }

@@ -139,3 +139,18 @@ extern const struct cp_resource cp_api_catalog;
 extern const struct cp_resource cp_api_status;
 extern const struct cp_resource cp_api_usage;
 extern const struct cp_resource cp_api_events;
+extern const struct cp_resource cp_api_audit;
+
+/* ---- api_audit.c: the audit log ------------------------------------------------------------ */
+
+/** Store the audit record of admin write <req> (borrowed; read before this returns), made with
+ * a token of <role> (named <token_name> in --admin-tokens-file, or NULL), whose answer carried
+ * version <version> (-1: none). Queued on the database connection now; kept and retried while
+ * the database is away. */
+void cp__audit_request(struct cp_server *cp, struct sy_http_request *req, enum cp_role role,
+                       const char *token_name, int64_t version);
+/** The audit summary of a request body <body>/<len> (borrowed): compact JSON text with every
+ * secret member (api_key, secret, key, password, token, authorization, *_key, *_secret,
+ * *_password, *_token; any depth, any case) replaced by "[REDACTED]"; a note of the size for a
+ * body that is not JSON or too large. NULL for an empty body. Caller frees. */
+char *cp__audit_summary(const char *body, size_t len);

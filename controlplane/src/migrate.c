@@ -94,6 +94,15 @@ fail:
     return -EIO;
 }
 
+/* The embedded migration numbered <version>, or NULL. */
+static const struct cp_migration *migration_of(int version)
+{
+    for (size_t i = 0; i < cp_migrations_count; i++)
+        if (cp_migrations[i].version == version)
+            return &cp_migrations[i];
+    return NULL;
+}
+
 int cp_migrate_conn(PGconn *pg, int *applied, cp_migrate_applied_cb cb, void *ud, char **err)
 {
     char lock_id[24];
@@ -103,11 +112,13 @@ int cp_migrate_conn(PGconn *pg, int *applied, cp_migrate_applied_cb cb, void *ud
     bool *done = NULL;
     int rc = -EIO, count = 0;
     const int known = (int)cp_migrations_count;
+    /* Versions increase but may have gaps (numbers reserved by work not merged yet). */
+    const int newest = known ? cp_migrations[known - 1].version : 0;
 
     if (applied)
         *applied = 0;
     snprintf(lock_id, sizeof(lock_id), "%" PRId64, CP_MIGRATE_LOCK_ID);
-    done = calloc((size_t)known + 1, sizeof(*done));
+    done = calloc((size_t)newest + 1, sizeof(*done));
     if (!done)
         return cp__fail(err, -ENOMEM, "out of memory");
 
@@ -133,18 +144,19 @@ int cp_migrate_conn(PGconn *pg, int *applied, cp_migrate_applied_cb cb, void *ud
     for (int i = 0; i < PQntuples(res); i++) {
         int v = atoi(PQgetvalue(res, i, 0));
         const char *name = PQgetvalue(res, i, 1);
-        if (v < 1 || v > known) {
+        const struct cp_migration *mine = migration_of(v);
+        if (v < 1 || v > newest || !mine) {
             rc = cp__fail(err, -EPROTO,
                           "the database schema is at version %03d (%s), newer than this "
                           "switchyard-controlplane knows (up to %03d_%s): run a newer "
                           "switchyard-controlplane against this database",
-                          v, name, known, known ? cp_migrations[known - 1].name : "none");
+                          v, name, newest, known ? cp_migrations[known - 1].name : "none");
             goto fail;
         }
-        if (strcmp(name, cp_migrations[v - 1].name) != 0)
+        if (strcmp(name, mine->name) != 0)
             sy_log(SY_LOG_WARN, "migrate",
                    "migration %03d is recorded as '%s' but this binary calls it '%s'", v, name,
-                   cp_migrations[v - 1].name);
+                   mine->name);
         done[v] = true;
     }
     PQclear(res);

@@ -18,7 +18,7 @@
 #define CP_MIGRATE_LOCK_ID INT64_C(0x53594d4947524154)
 
 struct cp_migration {
-    int version;      /* the NNN of the file name; 1, 2, 3... without gaps */
+    int version;      /* the NNN of the file name; increasing, gaps allowed */
     const char *name; /* the rest of the file name, without ".sql" */
     const char *sql;  /* the file's text: statements without transaction control */
 };

@@ -19,6 +19,7 @@
 #include "migrate.h"
 #include "server.h"
 #include "sy/log.h"
+#include "sy/tls_server.h"
 #include "sy/util.h"
 #include "usage.h"
 
@@ -50,6 +51,11 @@ static const char usage_text[] =
     "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
     "  --heartbeat-ms MS         SWITCHYARD_HEARTBEAT_MS: node heartbeat period (5000); a node\n"
     "                            not heard from for 3 periods no longer shares the limits\n"
+    "  --admin-tokens-file F     SWITCHYARD_ADMIN_TOKENS_FILE: named tokens, lines\n"
+    "                            name:admin|read:token; re-read on SIGHUP\n"
+    "  --admin-tls-cert FILE     SWITCHYARD_ADMIN_TLS_CERT: serve the admin API over HTTPS with\n"
+    "                            this certificate chain (PEM); re-read on SIGHUP\n"
+    "  --admin-tls-key FILE      SWITCHYARD_ADMIN_TLS_KEY: its private key (PEM)\n"
     "  SWITCHYARD_MASTER_KEY / SWITCHYARD_MASTER_KEY_FILE: the master key for credentials\n";
 
 static char *env_dup(const char *name)
@@ -94,6 +100,12 @@ static void config_free(struct cp_config *c)
     SY_FREE(c->node_id);
     SY_FREE(c->port_file);
     SY_FREE(c->log_level);
+    SY_FREE(c->tokens_file);
+    cp__tokens_free(c->tokens, c->n_tokens);
+    c->tokens = NULL;
+    c->n_tokens = 0;
+    SY_FREE(c->admin_tls_cert);
+    SY_FREE(c->admin_tls_key);
 }
 
 static void set(char **field, const char *v)
@@ -108,6 +120,9 @@ enum {
     OPT_EVENTS_RETENTION,
     OPT_USAGE_FLUSH,
     OPT_HEARTBEAT,
+    OPT_ADMIN_TLS_CERT,
+    OPT_ADMIN_TOKENS_FILE,
+    OPT_ADMIN_TLS_KEY,
     OPT_LONG_MAX,
 };
 
@@ -144,6 +159,9 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     c->socket_path = env_dup("SWITCHYARD_SOCKET");
     c->node_id = env_dup("SWITCHYARD_NODE_ID");
     c->log_level = env_dup("SWITCHYARD_LOG_LEVEL");
+    c->admin_tls_cert = env_dup("SWITCHYARD_ADMIN_TLS_CERT");
+    c->tokens_file = env_dup("SWITCHYARD_ADMIN_TOKENS_FILE");
+    c->admin_tls_key = env_dup("SWITCHYARD_ADMIN_TLS_KEY");
     char *admin_file = env_dup("SWITCHYARD_ADMIN_TOKEN_FILE");
     char *ro_file = env_dup("SWITCHYARD_READONLY_TOKEN_FILE");
     char *usage_days = env_dup("SWITCHYARD_USAGE_RETENTION_DAYS");
@@ -169,6 +187,9 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"events-retention-days", required_argument, NULL, OPT_EVENTS_RETENTION},
         {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
         {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
+        {"admin-tls-cert", required_argument, NULL, OPT_ADMIN_TLS_CERT},
+        {"admin-tokens-file", required_argument, NULL, OPT_ADMIN_TOKENS_FILE},
+        {"admin-tls-key", required_argument, NULL, OPT_ADMIN_TLS_KEY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -194,6 +215,9 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
         case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
         case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
+        case OPT_ADMIN_TLS_CERT: set(&c->admin_tls_cert, optarg); break;
+        case OPT_ADMIN_TOKENS_FILE: set(&c->tokens_file, optarg); break;
+        case OPT_ADMIN_TLS_KEY: set(&c->admin_tls_key, optarg); break;
         case 'h': fputs(usage_text, stdout); rc = 1; goto out;
         default:
             rc = cp__fail(err, -EINVAL, "unknown or incomplete option %s (see --help)",
@@ -230,13 +254,26 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         rc = cp__fail(err, -EINVAL, "no database: set SWITCHYARD_DATABASE_URL or --database-url");
         goto out;
     }
-    if (!c->admin_token) {
+    if (c->tokens_file && (rc = cp__tokens_load(c->tokens_file, &c->tokens, &c->n_tokens, err)) < 0)
+        goto out;
+    bool named_admin = false;
+    for (size_t i = 0; i < c->n_tokens; i++)
+        named_admin |= c->tokens[i].role == CP_ROLE_ADMIN;
+    if (!c->admin_token && !named_admin) {
         rc = cp__fail(err, -EINVAL,
-                      "no admin token: set SWITCHYARD_ADMIN_TOKEN(_FILE) or --admin-token(-file)");
+                      "no admin token: set SWITCHYARD_ADMIN_TOKEN(_FILE) or --admin-token(-file), "
+                      "or an admin line in --admin-tokens-file");
         goto out;
     }
-    if (strlen(c->admin_token) < 16) {
+    if (c->admin_token && strlen(c->admin_token) < 16) {
         rc = cp__fail(err, -EINVAL, "the admin token must be at least 16 characters long");
+        goto out;
+    }
+    if (!c->admin_tls_cert != !c->admin_tls_key) {
+        rc = cp__fail(err, -EINVAL,
+                      "%s is set without %s: HTTPS needs both the certificate and its key",
+                      c->admin_tls_cert ? "--admin-tls-cert" : "--admin-tls-key",
+                      c->admin_tls_cert ? "--admin-tls-key" : "--admin-tls-cert");
         goto out;
     }
     if (!c->admin_listen)
@@ -330,11 +367,60 @@ static void on_signal(uv_signal_t *s, int signum)
     sy_http_server_close_all(&cp->http);
     uv_close((uv_handle_t *)&cp->sig_term, NULL);
     uv_close((uv_handle_t *)&cp->sig_int, NULL);
+    uv_close((uv_handle_t *)&cp->sig_hup, NULL);
     /* the last usage flush and decision-log write, before the database closes */
     cp__events_stop(cp);
     cp__usage_stop(cp);
+    cp__audit_stop(cp);
     cp_db_close(cp->db);
     cp->db = NULL;
+}
+
+/* SIGHUP: read the named tokens and the admin listener's certificate and key again. New
+ * connections get the new certificate; open ones finish with the old. A bad file is logged and
+ * what is in force stays. */
+static void on_hup(uv_signal_t *s, int signum)
+{
+    struct cp_server *cp = s->data;
+    struct sy_tls_server *t = NULL;
+    char *err = NULL;
+
+    if (cp->stopping)
+        return;
+    if (!cp->cfg.tokens_file && !cp->cfg.admin_tls_cert) {
+        sy_log(SY_LOG_INFO, "serve",
+               "SIGHUP: nothing to reload (no --admin-tokens-file, no --admin-tls-cert)");
+        return;
+    }
+    if (cp->cfg.tokens_file) {
+        struct cp_token *tokens = NULL;
+        size_t n = 0;
+        if (cp__tokens_load(cp->cfg.tokens_file, &tokens, &n, &err) < 0) {
+            sy_log(SY_LOG_ERROR, "serve", "SIGHUP: %s; the %zu named tokens in force stay", err,
+                   cp->cfg.n_tokens);
+            SY_FREE(err);
+        } else {
+            cp__tokens_free(cp->cfg.tokens, cp->cfg.n_tokens);
+            cp->cfg.tokens = tokens;
+            cp->cfg.n_tokens = n;
+            sy_log(SY_LOG_INFO, "serve", "SIGHUP: %zu named admin tokens from %s", n,
+                   cp->cfg.tokens_file);
+        }
+    }
+    if (!cp->cfg.admin_tls_cert)
+        return;
+    if (sy_tls_server_new(cp->cfg.admin_tls_cert, cp->cfg.admin_tls_key, &t, &err) != 0) {
+        sy_log(SY_LOG_ERROR, "serve", "SIGHUP: %s; still serving certificate serial %s", err,
+               cp->tls->serial);
+        free(err);
+        return;
+    }
+    sy_log(SY_LOG_INFO, "serve",
+           "SIGHUP: admin TLS certificate reloaded: serial %s, %s, expires %s", t->serial,
+           t->subject, t->not_after);
+    sy_tls_server_free(cp->tls); /* open connections hold their own reference */
+    cp->tls = t;
+    cp->http.tls = t;
 }
 
 static void on_db_state(struct cp_db *db, void *ud, bool up, const char *why)
@@ -400,6 +486,16 @@ int cp_serve(int argc, char **argv)
     sy_http_server_init(&cp->http, &cp->loop, &limits);
     cp->http.data = cp;
     cp->http.on_request = cp__api_request;
+    cp->http.on_request_done = cp__api_request_done;
+    if (cp->cfg.admin_tls_cert) {
+        if (sy_tls_server_new(cp->cfg.admin_tls_cert, cp->cfg.admin_tls_key, &cp->tls, &err) < 0) {
+            fprintf(stderr, "switchyard-controlplane: %s\n", err);
+            goto out_db;
+        }
+        cp->http.tls = cp->tls;
+        sy_log(SY_LOG_INFO, "serve", "admin TLS certificate serial %s, %s, expires %s",
+               cp->tls->serial, cp->tls->subject, cp->tls->not_after);
+    }
     struct sockaddr_storage ss;
     if (parse_listen(cp->cfg.admin_listen, &ss, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err);
@@ -429,6 +525,7 @@ int cp_serve(int argc, char **argv)
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
     }
+    cp__audit_start(cp, &err);
     if (cp__metrics_start(cp, &mcfg, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
@@ -439,11 +536,14 @@ int cp_serve(int argc, char **argv)
     cp->sig_term.data = cp->sig_int.data = cp;
     uv_signal_start(&cp->sig_term, on_signal, SIGTERM);
     uv_signal_start(&cp->sig_int, on_signal, SIGINT);
+    uv_signal_init(&cp->loop, &cp->sig_hup);
+    cp->sig_hup.data = cp;
+    uv_signal_start(&cp->sig_hup, on_hup, SIGHUP);
 
     sy_log(SY_LOG_INFO, "serve", "admin API on %s (port %d), data-plane socket %s, node %s",
            cp->cfg.admin_listen, port, cp->cfg.socket_path, cp->cfg.node_id);
-    printf("switchyard-controlplane admin API on http://%s:%d/admin/v1/\n",
-           bound.ss_family == AF_INET6 ? "[::1]" : "127.0.0.1", port);
+    printf("switchyard-controlplane admin API on %s://%s:%d/admin/v1/\n",
+           cp->tls ? "https" : "http", bound.ss_family == AF_INET6 ? "[::1]" : "127.0.0.1", port);
     fflush(stdout);
     if (cp->cfg.port_file)
         write_port_file(cp->cfg.port_file, port);
@@ -456,6 +556,7 @@ out_db:
     if (cp->db) {
         cp__events_stop(cp);
         cp__usage_stop(cp);
+        cp__audit_stop(cp);
         cp__publisher_stop(cp);
         cp_db_close(cp->db);
         cp->db = NULL;
@@ -468,6 +569,7 @@ out_loop:
     uv_loop_close(&cp->loop);
 out_ring:
     cp_crypto_ring_free(&cp->ring);
+    sy_tls_server_free(cp->tls);
 out_cfg:
     free(err);
     config_free(&cp->cfg);

@@ -16,6 +16,8 @@
 struct cp_publisher;
 struct cp_usage;
 struct cp_events;
+struct cp_audit;
+struct sy_tls_server;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -31,6 +33,11 @@ struct cp_config {
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
     int heartbeat_ms;          /* SWITCHYARD_HEARTBEAT_MS, --heartbeat-ms (5000) */
+    char *tokens_file;         /* SWITCHYARD_ADMIN_TOKENS_FILE, --admin-tokens-file: named tokens */
+    struct cp_token *tokens;   /* ...as loaded from it (tokens.c); re-read on SIGHUP */
+    size_t n_tokens;
+    char *admin_tls_cert; /* SWITCHYARD_ADMIN_TLS_CERT, --admin-tls-cert: HTTPS certificate chain */
+    char *admin_tls_key;  /* SWITCHYARD_ADMIN_TLS_KEY, --admin-tls-key: its private key */
 };
 
 enum cp_role {
@@ -39,6 +46,20 @@ enum cp_role {
     CP_ROLE_ADMIN, /* the admin token: everything */
     CP_ROLE_MAX,
 };
+
+/** A named token from --admin-tokens-file: only its digest is kept. */
+struct cp_token {
+    char *name;
+    enum cp_role role;
+    unsigned char hash[CP_CRYPTO_HASH_LEN]; /* SHA-256 of the token */
+};
+
+/** Read the named tokens of <path> (lines name:role:token, role admin or read). On success
+ * *<out>/<n> hold them (free with cp__tokens_free). Returns 0, or a negative errno with a
+ * message naming the file and line in *<err> (caller frees). */
+int cp__tokens_load(const char *path, struct cp_token **out, size_t *n, char **err);
+/** Wipe and free <n> tokens <t> (NULL is fine). */
+void cp__tokens_free(struct cp_token *t, size_t n);
 
 struct cp_server {
     uv_loop_t loop;
@@ -50,6 +71,9 @@ struct cp_server {
     struct cp_usage *usage;   /* usage.c: NULL until started, and after stop */
     struct cp_events *events; /* events.c: NULL without a segment, and after stop */
     uv_signal_t sig_term, sig_int;
+    uv_signal_t sig_hup;       /* reloads the admin listener's certificate */
+    struct sy_tls_server *tls; /* the admin listener's TLS context, or NULL for plain HTTP */
+    struct cp_audit *audit;    /* api_audit.c: the queue of audit records to store */
     bool stopping;
     int64_t started_ms; /* wall clock */
 };
@@ -71,3 +95,13 @@ struct json_t *cp__publisher_status(struct cp_server *cp);
 
 /** Serve one admin request (the http server's on_request). */
 void cp__api_request(struct sy_http_request *req);
+/** A request ended (the http server's on_request_done): an admin write is audited. */
+void cp__api_request_done(struct sy_http_request *req);
+
+/* ---- api_audit.c ------------------------------------------------------------------------- */
+
+/** Start the audit log's writer (before the admin listener serves). Returns 0. */
+int cp__audit_start(struct cp_server *cp, char **err);
+/** Stop it, before the database closes: records still waiting for the database are written to
+ * the log instead. Safe to call twice. */
+void cp__audit_stop(struct cp_server *cp);

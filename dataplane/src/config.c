@@ -115,6 +115,13 @@ static const struct option_def options[] = {
     {"snapshot", "SWITCHYARD_SNAPSHOT", OPT_STRING, OFF(snapshot_path), 0, 0,
      "last-known-good table: worker 0 writes each table from the control plane here (mode "
      "0600); read at start when --table is not given"},
+    {"snapshot-key-file", "SWITCHYARD_SNAPSHOT_KEY_FILE", OPT_STRING, OFF(snapshot_key_file), 0, 0,
+     "32-byte key (64 hex characters or base64) that encrypts the snapshot (AES-256-GCM); "
+     "default: <snapshot>.key, made with mode 0600 on first start"},
+    {"tls-cert", "SWITCHYARD_TLS_CERT", OPT_STRING, OFF(tls_cert), 0, 0,
+     "serve HTTPS with this certificate chain (PEM, leaf first); re-read on SIGHUP"},
+    {"tls-key", "SWITCHYARD_TLS_KEY", OPT_STRING, OFF(tls_key), 0, 0,
+     "the private key of --tls-cert (PEM, unencrypted); re-read on SIGHUP"},
     {"shm", "SWITCHYARD_SHM", OPT_STRING, OFF(shm_path), 0, 0,
      "the node's shared-memory segment (circuits, rate limits, counters, decision log), a file "
      "the control plane reads metrics and events from; default: an anonymous segment that "
@@ -532,6 +539,12 @@ int dp_config_load(struct dp_config *c, int argc, char **argv, char **err)
         if (rc != 0)
             goto fail;
     }
+    if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
+        rc = fail(err, "%s is set without %s: HTTPS needs both the certificate and its key",
+                  c->tls_cert ? "--tls-cert" : "--tls-key",
+                  c->tls_cert ? "--tls-key" : "--tls-cert");
+        goto fail;
+    }
     return 0;
 
 fail:
@@ -549,6 +562,9 @@ void dp_config_free(struct dp_config *c)
     SY_FREE(c->control_socket);
     SY_FREE(c->node_id);
     SY_FREE(c->snapshot_path);
+    SY_FREE(c->snapshot_key_file);
+    SY_FREE(c->tls_cert);
+    SY_FREE(c->tls_key);
     SY_FREE(c->shm_path);
     SY_FREE(c->encode_table[0]);
     SY_FREE(c->encode_table[1]);

@@ -171,15 +171,20 @@ static void send_hello(struct dp_cpclient *c)
 /* ---- the snapshot ---------------------------------------------------------------------- */
 
 /* In the thread pool: the table is immutable and its reference count atomic, so encoding it
- * here is safe. Written aside with mode 0600 (it holds the providers' credentials), synced,
- * then renamed: a reader finds the old file or the whole new one, never half of one. */
+ * here is safe. Encrypted with the snapshot key (snapshot.c: the providers' credentials never
+ * reach the disk in plaintext), written aside with mode 0600, synced, then renamed: a reader
+ * finds the old file or the whole new one, never half of one. */
 static void snapshot_work(uv_work_t *req)
 {
     struct snapshot_job *job = req->data;
     struct sy_buf bytes = SY_BUF_INIT, tmp = SY_BUF_INIT;
     int fd = -1;
 
-    sy_table_encode(job->table, &bytes);
+    job->step = "encrypt";
+    if (dp__snapshot_seal(job->table, &bytes) != 0) {
+        errno = EIO;
+        goto fail;
+    }
     sy_buf_printf(&tmp, "%s.tmp.%d", job->path, (int)getpid());
     unlink(tmp.data);
     job->step = "open";

@@ -11,6 +11,8 @@
 
 #include "sy/table-t.h"
 
+struct sy_tls_server;
+
 /** Settings of the data plane; every one is a flag and an environment variable (config.c). */
 struct dp_config {
     char *listen;           /* SWITCHYARD_LISTEN, --listen: "host:port" (default 0.0.0.0:8080) */
@@ -37,6 +39,10 @@ struct dp_config {
     char *control_socket;  /* SWITCHYARD_SOCKET, --control-socket: the control plane's Unix socket */
     char *node_id;         /* SWITCHYARD_NODE_ID, --node-id: this node in HELLOs (host name) */
     char *snapshot_path;   /* SWITCHYARD_SNAPSHOT, --snapshot: last-known-good table file */
+    char *snapshot_key_file; /* SWITCHYARD_SNAPSHOT_KEY_FILE, --snapshot-key-file: the key that
+                              * encrypts the snapshot (default <snapshot>.key, made if absent) */
+    char *tls_cert;          /* SWITCHYARD_TLS_CERT, --tls-cert: HTTPS certificate chain (PEM) */
+    char *tls_key;           /* SWITCHYARD_TLS_KEY, --tls-key: its private key (PEM) */
     char *shm_path;        /* SWITCHYARD_SHM, --shm: the node's shared-memory segment file
                             * the control plane attaches (default: anonymous) */
     char *encode_table[2]; /* hidden --encode-table IN OUT: convert a table file and exit */
@@ -70,6 +76,25 @@ int dp__encode_table(const char *in, const char *out);
 /** The node's shared memory, created by the master before it forks (workers inherit the
  * mapping); NULL when it could not be created (governance state then stays per worker). */
 extern struct sy_shm *dp__node_shm;
+
+/** The listener's TLS context (--tls-cert/--tls-key), loaded by the master at start and on
+ * SIGHUP and inherited by the workers it forks; NULL when serving plain HTTP. */
+extern struct sy_tls_server *dp__listen_tls;
+
+/* ---- snapshot.c --------------------------------------------------------------------------- */
+
+struct sy_buf;
+
+/** Load the snapshot key (--snapshot-key-file), or read or make <snapshot>.key (mode 0600);
+ * nothing without --snapshot. Called by the master before it forks. Returns 0 or -EINVAL with a
+ * message in *<err> (caller frees). */
+int dp__snapshot_key_init(const struct dp_config *c, char **err);
+/** Encode <t> (borrowed) and encrypt it with the snapshot key into <out> (reset first): the
+ * bytes of a snapshot file. The plaintext is wiped. Returns 0 or -EIO. Safe in the thread pool. */
+int dp__snapshot_seal(const struct sy_table *t, struct sy_buf *out);
+/** Read, decrypt and decode the snapshot <path> (borrowed). On success *<out> holds a new table
+ * with one reference; else -EINVAL with a message naming the file in *<err> (caller frees). */
+int dp__snapshot_load(const char *path, struct sy_table **out, char **err);
 
 /* ---- worker.c ---------------------------------------------------------------------------- */
 

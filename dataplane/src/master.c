@@ -33,6 +33,7 @@
 #include "sy/log.h"
 #include "sy/shm.h"
 #include "sy/table.h"
+#include "sy/tls_server.h"
 #include "sy/util.h"
 
 #include "internal.h"
@@ -111,6 +112,7 @@ struct master {
 };
 
 struct sy_shm *dp__node_shm;
+struct sy_tls_server *dp__listen_tls;
 
 /* Set by the signal handler, which runs only inside ppoll() (the signals are blocked
  * elsewhere), and read and cleared by the loop. */
@@ -188,7 +190,7 @@ static void refresh_from_snapshot(struct master *m)
         same_file_state(&st, &m->snapshot_seen))
         return;
     m->snapshot_seen = st;
-    if (sy_table_load_file(path, &t, &err) != 0) {
+    if (dp__snapshot_load(path, &t, &err) != 0) {
         sy_log(SY_LOG_WARN, "master", "snapshot: %s; new workers keep table version %llu",
                err ? err : "cannot load the table", (unsigned long long)m->table->version);
         free(err);
@@ -408,6 +410,36 @@ static void child_ready(struct master *m, size_t i)
 
 /* ---- signals --------------------------------------------------------------------------- */
 
+/* ---- TLS ------------------------------------------------------------------------------- */
+
+/* Load --tls-cert/--tls-key into dp__listen_tls: at start (<reloading> false) a bad file is
+ * fatal; on SIGHUP it is logged and the certificate in force stays, for the new workers too. The
+ * workers inherit the context through fork, so every worker of a generation serves the same
+ * certificate, and TLS session tickets made by one are accepted by the others. */
+static int load_tls(struct master *m, bool reloading)
+{
+    struct sy_tls_server *t = NULL;
+    char *err = NULL;
+
+    if (m->c->tls_cert == NULL)
+        return 0;
+    if (sy_tls_server_new(m->c->tls_cert, m->c->tls_key, &t, &err) != 0) {
+        if (!reloading)
+            fprintf(stderr, "switchyard-dataplane: %s\n", err);
+        else
+            sy_log(SY_LOG_ERROR, "master",
+                   "reload: %s; new workers keep serving certificate serial %s", err,
+                   dp__listen_tls->serial);
+        free(err);
+        return -EINVAL;
+    }
+    sy_log(SY_LOG_INFO, "master", "%sTLS certificate serial %s, %s, expires %s",
+           reloading ? "reload: " : "", t->serial, t->subject, t->not_after);
+    sy_tls_server_free(dp__listen_tls); /* the running workers have their own copy */
+    dp__listen_tls = t;
+    return 0;
+}
+
 /* SIGHUP: load the table again and replace every worker with one that serves it. */
 static void reload(struct master *m)
 {
@@ -417,6 +449,7 @@ static void reload(struct master *m)
         sy_log(SY_LOG_INFO, "master", "SIGHUP ignored: shutting down");
         return;
     }
+    load_tls(m, true);
     if (path != NULL) {
         struct sy_table *t = NULL;
         char *err = NULL;
@@ -600,7 +633,7 @@ static int bind_listeners(struct master *m)
     m->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                        : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     sy_log(SY_LOG_INFO, "master", "listening on %s", where);
-    printf("switchyard-dataplane listening on http://%s\n", where);
+    printf("switchyard-dataplane listening on %s://%s\n", dp__listen_tls ? "https" : "http", where);
     fflush(stdout);
     if (m->c->port_file != NULL) {
         unsigned port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
@@ -646,6 +679,18 @@ static void create_shm(struct master *m)
            m->c->shm_path ? m->c->shm_path : "(anonymous)", dp__node_shm->size);
 }
 
+/* The snapshot's key, before the snapshot is read and before any worker may write one. */
+static int load_snapshot_key(struct master *m)
+{
+    char *err = NULL;
+    if (dp__snapshot_key_init(m->c, &err) != 0) {
+        fprintf(stderr, "switchyard-dataplane: %s\n", err ? err : "no snapshot key");
+        free(err);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* The table the workers start with: from --table (a bad one is fatal); else from the
  * --snapshot the workers wrote last time (static stability: serve the last good table while the
  * control plane is away; a bad snapshot is only a warning, since the control plane will send
@@ -657,7 +702,7 @@ static int load_initial_table(struct master *m)
     char *err = NULL;
 
     if (m->c->table_path == NULL && snap != NULL && stat(snap, &m->snapshot_seen) == 0) {
-        if (sy_table_load_file(snap, &m->table, &err) == 0) {
+        if (dp__snapshot_load(snap, &m->table, &err) == 0) {
             sy_log(SY_LOG_INFO, "master",
                    "no --table set: table version %llu loaded from snapshot %s",
                    (unsigned long long)m->table->version, snap);
@@ -803,7 +848,8 @@ int dp_master_run(const struct dp_config *c)
         sigaction(handled_signals[i], &sa, &old_actions[i]);
 
     m.status = 1;
-    if (load_initial_table(&m) != 0 || bind_listeners(&m) != 0)
+    if (load_tls(&m, false) != 0 || load_snapshot_key(&m) != 0 || load_initial_table(&m) != 0 ||
+        bind_listeners(&m) != 0)
         goto out;
     create_shm(&m);
     m.status = 0;
@@ -822,6 +868,8 @@ out:
         if (m.slots[i].fd != -1)
             close(m.slots[i].fd);
     sy_table_unref(m.table);
+    sy_tls_server_free(dp__listen_tls);
+    dp__listen_tls = NULL;
     if (dp__node_shm) {
         sy_shm_detach(dp__node_shm);
         dp__node_shm = NULL;

@@ -369,6 +369,8 @@ static const struct sy_policy *policy_of(const struct sy_model *m)
 
 static void proxy_release(struct proxy *p)
 {
+    if (p->up_head.data) /* it carried the provider's credential */
+        explicit_bzero(p->up_head.data, p->up_head.len);
     sy_buf_free(&p->up_head);
     sy_buf_free(&p->up_body);
     sy_buf_free(&p->body);

@@ -173,6 +173,7 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
     w->http.on_request = on_request;
     w->http.on_request_done = on_request_done;
     w->http.on_conn_closed = on_conn_closed;
+    w->http.tls = dp__listen_tls;
     int r = uv_tcp_open(&w->http.listener, listen_fd);
     if (r == 0)
         r = sy_http_server_start(&w->http);

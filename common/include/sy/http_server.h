@@ -18,6 +18,10 @@
 struct sy_http_conn;
 struct sy_http_request;
 struct sy_http_server;
+struct sy_tls_server;
+
+/** Largest plaintext of one TLS record: what one SSL_read can return. */
+#define SY_HTTP_TLS_PLAIN_BUF 16384
 
 /** Intrusive doubly linked list node. */
 struct sy_link {
@@ -65,7 +69,10 @@ struct sy_http_server {
     uint32_t id_prefix; /* random per process, so request ids differ across workers */
     char date[40];      /* cached "Date: ...\r\n" */
     uint64_t date_sec;
+    struct sy_tls_server *tls; /* NULL: plaintext; borrowed, may be replaced (new connections
+                                * take the new one) */
     char rbuf[65536]; /* shared read buffer: consumed inside each read callback */
+    char tls_plain[SY_HTTP_TLS_PLAIN_BUF]; /* decrypted bytes, consumed like rbuf */
 };
 
 /** One header of a request; pointers into the request's header buffer. */
@@ -126,6 +133,10 @@ void sy_http_server_close_all(struct sy_http_server *s);
 
 /** The value of header <name> (case-insensitive) or NULL; sets *<len>. */
 const char *sy_http_req_header(const struct sy_http_request *req, const char *name, size_t *len);
+
+/** The client's address as "a.b.c.d:port" or "[v6]:port" into <out>/<n>. Returns 0 or a
+ * negative errno. */
+int sy_http_req_peer(const struct sy_http_request *req, char *out, size_t n);
 
 /** Value of query parameter <name> (not decoded) or NULL; sets *<len>. */
 const char *sy_http_req_query(const struct sy_http_request *req, const char *name, size_t *len);
