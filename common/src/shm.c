@@ -76,15 +76,19 @@ int sy_shm_layout(struct sy_shm_caps *caps, struct sy_shm_header *h, char **err)
         caps->key_model_entries = SY_SHM_DEFAULT_KEY_MODELS;
     if (!caps->event_cells)
         caps->event_cells = SY_SHM_DEFAULT_EVENTS;
+    if (!caps->max_budgets)
+        caps->max_budgets = SY_SHM_DEFAULT_BUDGETS;
     /* Bounds that keep every size below far from overflow and the segment sane. */
     if (caps->max_workers > 4096 || caps->max_deployments > (1u << 20) ||
         caps->max_models > (1u << 20) || caps->max_keys > (1u << 22) ||
-        caps->key_model_entries > (1u << 24) || caps->event_cells > (1u << 24))
+        caps->key_model_entries > (1u << 24) || caps->event_cells > (1u << 24) ||
+        caps->max_budgets > (1u << 20))
         return say(err, -EINVAL,
                    "shared memory capacities too large: workers=%u deployments=%u models=%u "
-                   "keys=%u key_models=%u events=%u (at most 4096, 2^20, 2^20, 2^22, 2^24, 2^24)",
+                   "keys=%u key_models=%u events=%u budgets=%u (at most 4096, 2^20, 2^20, 2^22, "
+                   "2^24, 2^24, 2^20)",
                    caps->max_workers, caps->max_deployments, caps->max_models, caps->max_keys,
-                   caps->key_model_entries, caps->event_cells);
+                   caps->key_model_entries, caps->event_cells, caps->max_budgets);
     caps->key_model_entries = pow2_at_least(caps->key_model_entries);
     caps->event_cells = pow2_at_least(caps->event_cells < 2 ? 2 : caps->event_cells);
 
@@ -113,6 +117,8 @@ int sy_shm_layout(struct sy_shm_caps *caps, struct sy_shm_header *h, char **err)
     h->shard_stride =
         align64(h->shard_off_keys + (uint64_t)caps->max_keys * sizeof(struct sy_shm_key_counters));
     off += (uint64_t)caps->max_workers * h->shard_stride;
+    h->off_budgets = off;
+    off = align64(off + (uint64_t)caps->max_budgets * sizeof(struct sy_shm_budget));
     h->size = (off + 4095) & ~(uint64_t)4095;
     return 0;
 }
@@ -134,6 +140,7 @@ static void bind(struct sy_shm *shm, const struct sy_shm_header *h)
     shm->shard_stride = h->shard_stride;
     shm->shard_off_models = h->shard_off_models;
     shm->shard_off_keys = h->shard_off_keys;
+    shm->budgets = (struct sy_shm_budget *)(void *)(shm->base + h->off_budgets);
 }
 
 /* ---- create, attach, detach ---------------------------------------------------------------- */
@@ -306,7 +313,7 @@ int sy_shm_attach(const char *path, bool writable, struct sy_shm **out, char **e
         want.off_models != hdr->off_models || want.off_keys != hdr->off_keys ||
         want.off_key_models != hdr->off_key_models ||
         want.shard_off_models != hdr->shard_off_models ||
-        want.shard_off_keys != hdr->shard_off_keys) {
+        want.shard_off_keys != hdr->shard_off_keys || want.off_budgets != hdr->off_budgets) {
         free(lerr);
         rc = say(err, -EPROTO,
                  "shared memory %s: its block offsets do not match layout version %u for its "

@@ -26,6 +26,9 @@ static const struct cp_resource *const resources[] = {
     &cp_api_providers, &cp_api_deployments, &cp_api_models,
     &cp_api_keys,      &cp_api_catalog,     &cp_api_status,
     &cp_api_usage,     &cp_api_events,      &cp_api_audit,
+    &cp_api_alert_channels, &cp_api_alert_rules, &cp_api_alerts, &cp_api_alert_deliveries,
+    &cp_api_budgets,
+    &cp_api_guardrails,
 };
 
 /* What the framework learns about an admin write while serving it, for its audit record:

@@ -139,7 +139,13 @@ extern const struct cp_resource cp_api_catalog;
 extern const struct cp_resource cp_api_status;
 extern const struct cp_resource cp_api_usage;
 extern const struct cp_resource cp_api_events;
+extern const struct cp_resource cp_api_alert_channels;
+extern const struct cp_resource cp_api_alert_rules;
+extern const struct cp_resource cp_api_alerts;
+extern const struct cp_resource cp_api_alert_deliveries;
 extern const struct cp_resource cp_api_audit;
+extern const struct cp_resource cp_api_budgets;
+extern const struct cp_resource cp_api_guardrails;
 
 /* ---- api_audit.c: the audit log ------------------------------------------------------------ */
 

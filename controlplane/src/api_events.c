@@ -4,7 +4,8 @@
  *
  *     ?request_id=  one request's whole story (attempts, retries, fallbacks...), in order
  *     &kind=        attempt | retry | fallback | circuit | rate_limited | shed | guardrail |
- *                   config | worker
+ *                   config | worker | budget (SY_EVENT_KIND_MAP) | alert (written by the
+ *                   alert evaluator, alerts.h)
  *     &model=  &deployment=
  *     &since=  &until=   RFC 3339 or Unix seconds: since <= at < until
  *     &limit=  &after=   a page (1..500, default 50) after the cursor next_cursor gave
@@ -24,6 +25,7 @@
 
 #include "api.h"
 #include "events.h"
+#include "sy/buf.h"
 #include "sy/shm.h"
 #include "usage.h"
 
@@ -99,14 +101,16 @@ static void list(struct cp_call *c)
         !time_param(c, "until", until_s, &until) || !cp_call_page(c, &limit, &after))
         return;
     if (kind) {
-        bool known = false;
+        bool known = strcmp(kind, "alert") == 0; /* written by alerts, not the ring */
         for (int k = 0; k < SY_EVENT_KIND_MAX && !known; k++)
             known = strcmp(kind, sy_event_kind_label((enum sy_event_kind)k)) == 0;
         if (!known) {
-            cp_call_invalid(c, "kind",
-                            "kind: must be one of \"attempt\", \"retry\", \"fallback\", "
-                            "\"circuit\", \"rate_limited\", \"shed\", \"guardrail\", \"config\", "
-                            "\"worker\"");
+            struct sy_buf b = SY_BUF_INIT;
+            for (int k = 0; k < SY_EVENT_KIND_MAX; k++)
+                sy_buf_printf(&b, "%s\"%s\"", k ? ", " : "",
+                              sy_event_kind_label((enum sy_event_kind)k));
+            cp_call_invalid(c, "kind", "kind: must be one of %s, \"alert\"", b.data);
+            sy_buf_free(&b);
             return;
         }
     }

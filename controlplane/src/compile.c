@@ -3,6 +3,7 @@
  * JSON document, a worker thread turns it into a struct sy_table, encodes it and decodes the
  * result back, so that nothing is published that a data-plane worker would refuse. */
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -56,7 +57,14 @@ const char cp__compile_sql[] =
     "   'agent', k.agent, 'user', k.user_name, 'tier', k.tier, 'models', k.allowed_models,"
     "   'expires_ms', (extract(epoch FROM k.expires_at) * 1000)::bigint,"
     "   'slot', k.slot, 'rpm', k.rpm, 'tpm', k.tpm, 'model_limits', k.model_limits)"
-    "   ORDER BY k.id) FROM api_keys k WHERE NOT k.revoked), '[]')"
+    "   ORDER BY k.id) FROM api_keys k WHERE NOT k.revoked), '[]'),"
+    " 'guardrails', coalesce((SELECT json_agg(g.spec || jsonb_build_object('id', g.id,"
+    "   'name', g.name) ORDER BY g.id) FROM guardrails g WHERE g.enabled), '[]'),"
+    " 'budgets', coalesce((SELECT json_agg(json_build_object("
+    "   'id', b.id, 'name', b.name, 'slot', b.slot, 'scope', b.scope, 'subject', b.subject,"
+    "   'amount_micros', (b.amount * 1000000)::bigint, 'soft_percent', b.soft_percent,"
+    "   'period', b.period)"
+    "   ORDER BY b.id) FROM budgets b WHERE b.enabled), '[]')"
     ")";
 
 /* ---- reading the document -------------------------------------------------------------------- */
@@ -485,6 +493,93 @@ static int read_keys(struct build *b, json_t *doc, char **err)
     return 0;
 }
 
+/* The enabled guardrails, read by the routing table's own strict reader (sy_guardrail_check_json,
+ * as the admin API checked them). Attachments stay as written: a model or key a guardrail names
+ * that does not exist (any more) matches no request. A row that does not read is left out and
+ * logged, like any problem confined to one row. */
+static void read_guardrails(struct build *b, json_t *doc)
+{
+    json_t *arr = json_object_get(doc, "guardrails"), *row;
+    size_t i;
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return;
+    struct sy_table *t = b->t;
+    t->guardrails = sy_xcalloc(json_array_size(arr), sizeof(*t->guardrails));
+    json_array_foreach(arr, i, row)
+    {
+        char *text = json_dumps(row, JSON_COMPACT), *err = NULL;
+        if (text && sy_guardrail_check_json(text, strlen(text), &t->guardrails[t->n_guardrails],
+                                            &err, NULL) == 0) {
+            t->n_guardrails++;
+        } else {
+            sy_log(SY_LOG_ERROR, "compile", "guardrail \"%s\" left out: %s",
+                   json_string_value(json_object_get(row, "name")), err ? err : "out of memory");
+            b->problems++;
+        }
+        free(err);
+        free(text);
+    }
+}
+
+/* The enabled budgets, and on each key the budgets that cover it: its own (by id), its agent's
+ * and its user's. A key covered by nothing has none, so the data plane's check costs nothing. */
+static int read_budgets(struct build *b, json_t *doc, char **err)
+{
+    static const char *const periods[] = {"day", "week", "month"};
+    static_assert(SY_ARRAY_LEN(periods) == SY_BUDGET_PERIOD_MAX, "one name per period");
+    json_t *arr = json_object_get(doc, "budgets"), *row;
+    size_t i;
+    if (!arr) /* a document of an older statement */
+        return 0;
+    if (!json_is_array(arr))
+        return cp__fail(err, -EINVAL, "config document: \"budgets\" is not an array");
+    struct sy_table *t = b->t;
+    size_t n = json_array_size(arr);
+    t->budgets = sy_xcalloc(n + 1, sizeof(*t->budgets));
+    const char **scope = sy_xcalloc(n + 1, sizeof(*scope));
+    const char **subject = sy_xcalloc(n + 1, sizeof(*subject));
+    json_array_foreach(arr, i, row)
+    {
+        struct sy_budget *bg = &t->budgets[t->n_budgets];
+        json_int_t amount = json_integer_value(json_object_get(row, "amount_micros"));
+        const char *period = get_str(row, "period");
+        if (!get_str(row, "name") || amount <= 0 || !period)
+            continue; /* the table's checks make this impossible; never publish it */
+        bg->name = sy_xstrdup(get_str(row, "name"));
+        bg->id = (uint64_t)json_integer_value(json_object_get(row, "id"));
+        bg->slot = get_u32(row, "slot");
+        bg->amount_micros = (uint64_t)amount;
+        bg->soft_percent = get_u32(row, "soft_percent");
+        for (int p = 0; p < SY_BUDGET_PERIOD_MAX; p++)
+            if (strcmp(period, periods[p]) == 0)
+                bg->period = (enum sy_budget_period)p;
+        scope[t->n_budgets] = get_str(row, "scope");
+        subject[t->n_budgets] = get_str(row, "subject");
+        t->n_budgets++;
+    }
+    for (uint32_t k = 0; k < t->n_keys && t->n_budgets; k++) {
+        struct sy_key *key = &t->keys[k];
+        char id[24];
+        snprintf(id, sizeof(id), "%" PRIu64, key->id);
+        for (uint32_t j = 0; j < t->n_budgets; j++) {
+            const char *want = !scope[j] || !subject[j]         ? NULL
+                               : strcmp(scope[j], "key") == 0   ? id
+                               : strcmp(scope[j], "agent") == 0 ? key->agent
+                               : strcmp(scope[j], "user") == 0  ? key->user
+                                                                : NULL;
+            if (!want || strcmp(want, subject[j]) != 0)
+                continue;
+            if (!key->budgets)
+                key->budgets = sy_xcalloc(t->n_budgets, sizeof(*key->budgets));
+            key->budgets[key->n_budgets++] = j;
+        }
+    }
+    free(scope);
+    free(subject);
+    (void)err;
+    return 0;
+}
+
 /* Name the row behind a decoder message that starts with "deployments[N]" or "keys[N]". */
 static void name_the_row(const struct sy_table *t, char **err)
 {
@@ -535,8 +630,10 @@ int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ri
                      ? (uint32_t)json_integer_value(nodes)
                      : 1;
     if ((rc = read_providers(&b, doc, err)) < 0 || (rc = read_deployments(&b, doc, err)) < 0 ||
-        (rc = read_models(&b, doc, err)) < 0 || (rc = read_keys(&b, doc, err)) < 0)
+        (rc = read_models(&b, doc, err)) < 0 || (rc = read_keys(&b, doc, err)) < 0 ||
+        (rc = read_budgets(&b, doc, err)) < 0)
         goto fail;
+    read_guardrails(&b, doc);
 
     sy_table_encode(b.t, &bytes);
     /* The proof: the same decoder as the data plane's. */
@@ -550,6 +647,7 @@ int cp__compile_document(const char *json, size_t len, const struct cp_crypto_ri
     out->n_deployments = b.t->n_deployments;
     out->n_models = b.t->n_models;
     out->n_keys = b.t->n_keys;
+    out->n_guardrails = b.t->n_guardrails;
     out->n_problems = b.problems;
     out->bytes = sy_buf_steal(&bytes, &out->len);
     rc = 0;

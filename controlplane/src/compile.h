@@ -27,10 +27,12 @@ struct cp_compiled {
     uint32_t n_problems; /* rows compiled disabled or left out (each logged) */
     uint64_t query_ms;   /* the statement, from queueing to its result */
     uint64_t build_ms;   /* parse, build, encode and check */
+    /* enabled guardrails in the table */
+    uint32_t n_guardrails;
 };
 
 /** The statement that returns the whole config as one JSON document (one row, one column):
- * {version, providers[], deployments[], models[], keys[]}. */
+ * {version, providers[], deployments[], models[], keys[], guardrails[]}. */
 extern const char cp__compile_sql[];
 
 /** Build the table from the document <json>/<len> (borrowed) that cp__compile_sql returned,

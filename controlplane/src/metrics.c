@@ -32,6 +32,8 @@
 
 #include <uv.h>
 
+#include "alerts.h"
+#include "budget.h"
 #include "crypto.h"
 #include "internal.h"
 #include "metrics.h"
@@ -467,6 +469,43 @@ static void render_node(struct sy_buf *b, const struct sy_shm *shm)
     put_u64(b, alive);
 }
 
+/* The fleet's alerts as of this control plane's last evaluation (counts read from PostgreSQL
+ * after each one), and this control plane's own sends. */
+static void render_alerts(struct sy_buf *b, struct cp_server *cp)
+{
+    struct cp_alerts_stats st;
+    cp__alerts_stats(cp, &st);
+    family(b, "switchyard_alerts_firing", "gauge", "Alerts firing (rule x subject), fleet-wide");
+    if (st.firing >= 0) {
+        sample_head(b, "switchyard_alerts_firing", "", NULL);
+        put_u64(b, (uint64_t)st.firing);
+    }
+    family(b, "switchyard_alert_deliveries_pending", "gauge",
+           "Alert notifications waiting to be delivered or retried, fleet-wide");
+    if (st.deliveries_pending >= 0) {
+        sample_head(b, "switchyard_alert_deliveries_pending", "", NULL);
+        put_u64(b, (uint64_t)st.deliveries_pending);
+    }
+    family(b, "switchyard_alert_deliveries_failed", "gauge",
+           "Alert notifications given up after the last attempt, fleet-wide (kept in the outbox)");
+    if (st.deliveries_failed >= 0) {
+        sample_head(b, "switchyard_alert_deliveries_failed", "", NULL);
+        put_u64(b, (uint64_t)st.deliveries_failed);
+    }
+    family(b, "switchyard_alert_evaluations_total", "counter",
+           "Alert evaluations this control plane ran (it held the evaluation lock)");
+    sample_head(b, "switchyard_alert_evaluations_total", "", NULL);
+    put_u64(b, st.evaluations);
+    family(b, "switchyard_alert_webhooks_sent_total", "counter",
+           "Webhook deliveries this control plane sent successfully");
+    sample_head(b, "switchyard_alert_webhooks_sent_total", "", NULL);
+    put_u64(b, st.sent);
+    family(b, "switchyard_alert_webhook_failures_total", "counter",
+           "Webhook attempts of this control plane that failed");
+    sample_head(b, "switchyard_alert_webhook_failures_total", "", NULL);
+    put_u64(b, st.send_failures);
+}
+
 void cp__metrics_render(struct cp_metrics *m, struct sy_buf *b)
 {
     struct cp_server *cp = m->cp;
@@ -499,6 +538,8 @@ void cp__metrics_render(struct cp_metrics *m, struct sy_buf *b)
            "1 when the control plane maps the node's shared memory (the data plane's counters)");
     sample_head(b, "switchyard_shm_attached", "", NULL);
     put_u64(b, m->shm != NULL);
+    render_alerts(b, cp);
+    cp__budget_metrics(cp, b);
 
     if (!m->shm)
         return;

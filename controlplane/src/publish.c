@@ -509,11 +509,11 @@ static void install(struct cp_publisher *pub, const struct cp_compiled *res)
     pub->lat_t0 = pub->compile_t0;
     sy_log(SY_LOG_INFO, "publish",
            "version %" PRIu64 ": %" PRIu32 " deployments, %" PRIu32 " models, %" PRIu32
-           " keys, %zu bytes, compiled in %" PRIu64 " ms (query %" PRIu64 " ms, build %" PRIu64
-           " ms)%s; sending to %u workers",
-           res->version, res->n_deployments, res->n_models, res->n_keys, res->len, pub->compile_ms,
-           res->query_ms, res->build_ms, res->n_problems ? ", with problems logged above" : "",
-           pub->n_conns);
+           " keys, %" PRIu32 " guardrails, %zu bytes, compiled in %" PRIu64 " ms (query %" PRIu64
+           " ms, build %" PRIu64 " ms)%s; sending to %u workers",
+           res->version, res->n_deployments, res->n_models, res->n_keys, res->n_guardrails,
+           res->len, pub->compile_ms, res->query_ms, res->build_ms,
+           res->n_problems ? ", with problems logged above" : "", pub->n_conns);
     for (struct pub_conn *c = pub->conns; c; c = c->next)
         send_table(c);
 }

@@ -12,7 +12,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "alerts.h"
 #include "api.h"
+#include "budget.h"
 #include "events.h"
 #include "internal.h"
 #include "metrics.h"
@@ -49,6 +51,15 @@ static const char usage_text[] =
     "                            long, then compacted into hours (default 30)\n"
     "  --events-retention-days N SWITCHYARD_EVENTS_RETENTION_DAYS: decision log kept (30)\n"
     "  --usage-flush-ms MS       SWITCHYARD_USAGE_FLUSH_MS: usage flush period (10000)\n"
+    "  --alert-interval-ms MS    SWITCHYARD_ALERT_INTERVAL_MS: alert rules evaluated this\n"
+    "                            often (15000)\n"
+    "  --webhook-ca-file FILE    SWITCHYARD_WEBHOOK_CA_FILE: CA certificates trusted for\n"
+    "                            HTTPS webhooks, besides the system store\n"
+    "  --webhook-timeout-ms MS   SWITCHYARD_WEBHOOK_TIMEOUT_MS: one webhook attempt (10000)\n"
+    "  --webhook-max-attempts N  SWITCHYARD_WEBHOOK_MAX_ATTEMPTS: attempts before giving up (8)\n"
+    "  --webhook-backoff-ms MS   SWITCHYARD_WEBHOOK_BACKOFF_MS: first retry delay, doubled\n"
+    "                            after each failure, with jitter (2000)\n"
+    "  --webhook-concurrency N   SWITCHYARD_WEBHOOK_CONCURRENCY: sends at once (4)\n"
     "  --heartbeat-ms MS         SWITCHYARD_HEARTBEAT_MS: node heartbeat period (5000); a node\n"
     "                            not heard from for 3 periods no longer shares the limits\n"
     "  --admin-tokens-file F     SWITCHYARD_ADMIN_TOKENS_FILE: named tokens, lines\n"
@@ -100,6 +111,7 @@ static void config_free(struct cp_config *c)
     SY_FREE(c->node_id);
     SY_FREE(c->port_file);
     SY_FREE(c->log_level);
+    SY_FREE(c->webhook_ca_file);
     SY_FREE(c->tokens_file);
     cp__tokens_free(c->tokens, c->n_tokens);
     c->tokens = NULL;
@@ -119,6 +131,12 @@ enum {
     OPT_USAGE_RETENTION = 1000,
     OPT_EVENTS_RETENTION,
     OPT_USAGE_FLUSH,
+    OPT_ALERT_INTERVAL,
+    OPT_WEBHOOK_CA_FILE,
+    OPT_WEBHOOK_TIMEOUT,
+    OPT_WEBHOOK_ATTEMPTS,
+    OPT_WEBHOOK_BACKOFF,
+    OPT_WEBHOOK_CONCURRENCY,
     OPT_HEARTBEAT,
     OPT_ADMIN_TLS_CERT,
     OPT_ADMIN_TOKENS_FILE,
@@ -167,6 +185,12 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
     char *usage_days = env_dup("SWITCHYARD_USAGE_RETENTION_DAYS");
     char *events_days = env_dup("SWITCHYARD_EVENTS_RETENTION_DAYS");
     char *flush_ms = env_dup("SWITCHYARD_USAGE_FLUSH_MS");
+    char *alert_ms = env_dup("SWITCHYARD_ALERT_INTERVAL_MS");
+    char *wh_timeout = env_dup("SWITCHYARD_WEBHOOK_TIMEOUT_MS");
+    char *wh_attempts = env_dup("SWITCHYARD_WEBHOOK_MAX_ATTEMPTS");
+    char *wh_backoff = env_dup("SWITCHYARD_WEBHOOK_BACKOFF_MS");
+    char *wh_conc = env_dup("SWITCHYARD_WEBHOOK_CONCURRENCY");
+    c->webhook_ca_file = env_dup("SWITCHYARD_WEBHOOK_CA_FILE");
     char *heartbeat_ms = env_dup("SWITCHYARD_HEARTBEAT_MS");
 
     static const struct option opts[] = {
@@ -186,6 +210,12 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         {"usage-retention-days", required_argument, NULL, OPT_USAGE_RETENTION},
         {"events-retention-days", required_argument, NULL, OPT_EVENTS_RETENTION},
         {"usage-flush-ms", required_argument, NULL, OPT_USAGE_FLUSH},
+        {"alert-interval-ms", required_argument, NULL, OPT_ALERT_INTERVAL},
+        {"webhook-ca-file", required_argument, NULL, OPT_WEBHOOK_CA_FILE},
+        {"webhook-timeout-ms", required_argument, NULL, OPT_WEBHOOK_TIMEOUT},
+        {"webhook-max-attempts", required_argument, NULL, OPT_WEBHOOK_ATTEMPTS},
+        {"webhook-backoff-ms", required_argument, NULL, OPT_WEBHOOK_BACKOFF},
+        {"webhook-concurrency", required_argument, NULL, OPT_WEBHOOK_CONCURRENCY},
         {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"admin-tls-cert", required_argument, NULL, OPT_ADMIN_TLS_CERT},
         {"admin-tokens-file", required_argument, NULL, OPT_ADMIN_TOKENS_FILE},
@@ -214,6 +244,12 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         case OPT_USAGE_RETENTION: set(&usage_days, optarg); break;
         case OPT_EVENTS_RETENTION: set(&events_days, optarg); break;
         case OPT_USAGE_FLUSH: set(&flush_ms, optarg); break;
+        case OPT_ALERT_INTERVAL: set(&alert_ms, optarg); break;
+        case OPT_WEBHOOK_CA_FILE: set(&c->webhook_ca_file, optarg); break;
+        case OPT_WEBHOOK_TIMEOUT: set(&wh_timeout, optarg); break;
+        case OPT_WEBHOOK_ATTEMPTS: set(&wh_attempts, optarg); break;
+        case OPT_WEBHOOK_BACKOFF: set(&wh_backoff, optarg); break;
+        case OPT_WEBHOOK_CONCURRENCY: set(&wh_conc, optarg); break;
         case OPT_HEARTBEAT: set(&heartbeat_ms, optarg); break;
         case OPT_ADMIN_TLS_CERT: set(&c->admin_tls_cert, optarg); break;
         case OPT_ADMIN_TOKENS_FILE: set(&c->tokens_file, optarg); break;
@@ -246,6 +282,16 @@ static int config_load(struct cp_config *c, struct cp_metrics_config *mc, int ar
         (rc = int_setting(events_days, "--events-retention-days", 1, 36500, 30,
                           &c->events_retention_days, err)) < 0 ||
         (rc = int_setting(flush_ms, "--usage-flush-ms", 100, 3600000, 10000, &c->usage_flush_ms,
+                          err)) < 0 ||
+        (rc = int_setting(alert_ms, "--alert-interval-ms", 100, 3600000, 15000,
+                          &c->alert_interval_ms, err)) < 0 ||
+        (rc = int_setting(wh_timeout, "--webhook-timeout-ms", 100, 300000, 10000,
+                          &c->webhook_timeout_ms, err)) < 0 ||
+        (rc = int_setting(wh_attempts, "--webhook-max-attempts", 1, 100, 8,
+                          &c->webhook_max_attempts, err)) < 0 ||
+        (rc = int_setting(wh_backoff, "--webhook-backoff-ms", 10, 3600000, 2000,
+                          &c->webhook_backoff_ms, err)) < 0 ||
+        (rc = int_setting(wh_conc, "--webhook-concurrency", 1, 64, 4, &c->webhook_concurrency,
                           err)) < 0 ||
         (rc = int_setting(heartbeat_ms, "--heartbeat-ms", 100, 60000, 5000, &c->heartbeat_ms,
                           err)) < 0)
@@ -298,6 +344,11 @@ out:
     free(usage_days);
     free(events_days);
     free(flush_ms);
+    free(alert_ms);
+    free(wh_timeout);
+    free(wh_attempts);
+    free(wh_backoff);
+    free(wh_conc);
     free(heartbeat_ms);
     free(metrics_file);
     if (rc != 0) {
@@ -369,9 +420,11 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&cp->sig_int, NULL);
     uv_close((uv_handle_t *)&cp->sig_hup, NULL);
     /* the last usage flush and decision-log write, before the database closes */
+    cp__alerts_stop(cp);
     cp__events_stop(cp);
     cp__usage_stop(cp);
     cp__audit_stop(cp);
+    cp__budget_stop(cp);
     cp_db_close(cp->db);
     cp->db = NULL;
 }
@@ -431,6 +484,8 @@ static void on_db_state(struct cp_db *db, void *ud, bool up, const char *why)
         sy_log(SY_LOG_WARN, "db", "database connection down: %s", why ? why : "");
     cp__publisher_db_state(ud, up);
     cp__usage_db_state(ud, up);
+    if (up)
+        cp__budget_kick(ud);
 }
 
 int cp_serve(int argc, char **argv)
@@ -482,7 +537,8 @@ int cp_serve(int argc, char **argv)
 
     struct sy_http_limits limits;
     sy_http_limits_default(&limits);
-    limits.max_body_bytes = 4 * 1024 * 1024;
+    /* 8 MiB: a guardrail of 10,000 keywords of 256 bytes, even written with \u escapes */
+    limits.max_body_bytes = 8 * 1024 * 1024;
     sy_http_server_init(&cp->http, &cp->loop, &limits);
     cp->http.data = cp;
     cp->http.on_request = cp__api_request;
@@ -521,11 +577,16 @@ int cp_serve(int argc, char **argv)
     }
     /* before the metrics module takes the segment path */
     if (cp__usage_start(cp, mcfg.shm_path, &err) < 0 ||
-        cp__events_start(cp, mcfg.shm_path, &err) < 0) {
+        cp__events_start(cp, mcfg.shm_path, &err) < 0 ||
+        cp__budget_start(cp, mcfg.shm_path, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
     }
     cp__audit_start(cp, &err);
+    if (cp__alerts_start(cp, &err) < 0) {
+        fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
+        goto out_db;
+    }
     if (cp__metrics_start(cp, &mcfg, &err) < 0) {
         fprintf(stderr, "switchyard-controlplane: %s\n", err ? err : "out of memory");
         goto out_db;
@@ -554,9 +615,11 @@ int cp_serve(int argc, char **argv)
 out_db:
     cp__metrics_stop(cp);
     if (cp->db) {
+        cp__alerts_stop(cp);
         cp__events_stop(cp);
         cp__usage_stop(cp);
         cp__audit_stop(cp);
+        cp__budget_stop(cp);
         cp__publisher_stop(cp);
         cp_db_close(cp->db);
         cp->db = NULL;

@@ -16,8 +16,10 @@
 struct cp_publisher;
 struct cp_usage;
 struct cp_events;
+struct cp_alerts;
 struct cp_audit;
 struct sy_tls_server;
+struct cp_budgets;
 
 /** Settings; each is a flag and an environment variable (serve.c). */
 struct cp_config {
@@ -32,6 +34,12 @@ struct cp_config {
     int usage_retention_days;  /* SWITCHYARD_USAGE_RETENTION_DAYS, --usage-retention-days (30) */
     int events_retention_days; /* SWITCHYARD_EVENTS_RETENTION_DAYS, --events-retention-days (30) */
     int usage_flush_ms;        /* SWITCHYARD_USAGE_FLUSH_MS, --usage-flush-ms (10000) */
+    int alert_interval_ms;     /* SWITCHYARD_ALERT_INTERVAL_MS, --alert-interval-ms (15000) */
+    char *webhook_ca_file;     /* SWITCHYARD_WEBHOOK_CA_FILE, --webhook-ca-file (NULL) */
+    int webhook_timeout_ms;    /* SWITCHYARD_WEBHOOK_TIMEOUT_MS, --webhook-timeout-ms (10000) */
+    int webhook_max_attempts;  /* SWITCHYARD_WEBHOOK_MAX_ATTEMPTS, --webhook-max-attempts (8) */
+    int webhook_backoff_ms;    /* SWITCHYARD_WEBHOOK_BACKOFF_MS, --webhook-backoff-ms (2000) */
+    int webhook_concurrency;   /* SWITCHYARD_WEBHOOK_CONCURRENCY, --webhook-concurrency (4) */
     int heartbeat_ms;          /* SWITCHYARD_HEARTBEAT_MS, --heartbeat-ms (5000) */
     char *tokens_file;         /* SWITCHYARD_ADMIN_TOKENS_FILE, --admin-tokens-file: named tokens */
     struct cp_token *tokens;   /* ...as loaded from it (tokens.c); re-read on SIGHUP */
@@ -70,12 +78,14 @@ struct cp_server {
     struct cp_publisher *pub; /* NULL until the publisher starts */
     struct cp_usage *usage;   /* usage.c: NULL until started, and after stop */
     struct cp_events *events; /* events.c: NULL without a segment, and after stop */
+    struct cp_alerts *alerts; /* alerts.c: NULL until started, and after stop */
     uv_signal_t sig_term, sig_int;
     uv_signal_t sig_hup;       /* reloads the admin listener's certificate */
     struct sy_tls_server *tls; /* the admin listener's TLS context, or NULL for plain HTTP */
     struct cp_audit *audit;    /* api_audit.c: the queue of audit records to store */
     bool stopping;
-    int64_t started_ms; /* wall clock */
+    int64_t started_ms;         /* wall clock */
+    struct cp_budgets *budgets; /* budget.c: NULL until started, and after stop */
 };
 
 /* ---- publish.c --------------------------------------------------------------------------- */

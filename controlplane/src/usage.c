@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
+#include "budget.h"
 #include "internal.h"
 #include "server.h"
 #include "sy/buf.h"
@@ -340,6 +341,7 @@ static bool attach(struct cp_usage *u)
 static unsigned collect(struct cp_usage *u, struct sy_buf *b)
 {
     unsigned rows = 0;
+    cp__budget_usage_collect(u->cp, u->seg.shm); /* before the key counters: see budget.h */
     sy_buf_puts(b, "[");
     for (int k = 0; k < SY_SHM_KIND_MAX; k++) {
         for (uint32_t s = 0; s < u->cap[k]; s++) {
@@ -360,6 +362,7 @@ static void flush_succeeded(struct cp_usage *u, unsigned rows)
 {
     for (int k = 0; k < SY_SHM_KIND_MAX; k++)
         memcpy(u->flushed[k], u->sending[k], (size_t)u->cap[k] * sizeof(struct rec));
+    cp__budget_usage_flushed(u->cp);
     u->flushes++;
     u->rows_sent += rows;
     u->last_ok_ms = wall_ms();

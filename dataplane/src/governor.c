@@ -315,16 +315,22 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
     }
 }
 
+uint64_t dp__gov_cost(const struct sy_deployment *d, uint64_t prompt_tokens,
+                      uint64_t completion_tokens)
+{
+    /* Prices are per million tokens: tokens x price is the cost in millionths. */
+    return d ? (uint64_t)((double)prompt_tokens * d->price.input +
+                          (double)completion_tokens * d->price.output + 0.5)
+             : 0;
+}
+
 void dp__gov_account(struct dp_worker *w, const struct sy_model *m, const struct sy_deployment *d,
                      const struct sy_key *k, enum sy_outcome o, uint64_t prompt_tokens,
                      uint64_t completion_tokens, uint64_t total_ns, uint64_t first_byte_ns)
 {
     if (!w->shm)
         return;
-    /* Prices are per million tokens: tokens x price is the cost in millionths. */
-    uint64_t cost = d ? (uint64_t)((double)prompt_tokens * d->price.input +
-                                   (double)completion_tokens * d->price.output + 0.5)
-                      : 0;
+    uint64_t cost = dp__gov_cost(d, prompt_tokens, completion_tokens);
     struct sy_shm_counters *mc =
         m ? sy_shm_counters(w->shm, w->index, SY_SHM_MODEL, m->slot) : NULL;
     sy_shm_outcome(mc, o);

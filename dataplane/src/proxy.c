@@ -4,13 +4,16 @@
  * usage), sent upstream, and its answer relayed: buffered for JSON, event by event for SSE. */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "budget.h"
 #include "rewrite.h"
 #include "worker.h"
 #include "sy/log.h"
@@ -19,6 +22,7 @@
 #include "sy/util.h"
 #include "classify.h"
 #include "govern.h"
+#include "guard.h"
 #include "translate.h"
 #include "upstream.h"
 
@@ -134,6 +138,11 @@ struct proxy {
     struct dp_usage usage;  /* what the provider reported for the answer */
     uint64_t first_ns;      /* when the client got its first byte (head) */
     bool cut;               /* a stream ended by an error after content went out */
+    bool budget_charged;    /* the answer's cost is in the key's budgets */
+
+    /* guardrails (guard.h): NULL when none applies to the call */
+    struct dp_guard_req *guard;
+    enum dp_guard_verdict guard_stop; /* an output guardrail ended the stream */
 };
 
 static void next_attempt(struct proxy *p);
@@ -294,6 +303,47 @@ static bool key_allows(struct sy_http_request *req, const struct sy_key *k, cons
     return false;
 }
 
+/* Count the cost of the answer of deployment <d> into the key's budgets, once: before a
+ * buffered answer goes out, so that a request the client sends after reading it sees its cost;
+ * at the end of the request otherwise (streams, failures). */
+static void charge_budgets(struct proxy *p, const struct sy_deployment *d)
+{
+    if (p->budget_charged)
+        return;
+    p->budget_charged = true;
+    dp__budget_charge(p->w, p->t, p->key,
+                      dp__gov_cost(d, p->usage.prompt_tokens, p->usage.completion_tokens),
+                      p->req ? p->req->id : NULL);
+}
+
+/* The budgets covering key <k> (may be NULL) of table <t>: when one is exhausted, answer 429 in
+ * the client's API shape, naming the budget and when it resets, and return false. */
+static bool budgets_admit(struct sy_http_request *req, const struct sy_table *t,
+                          const struct sy_key *k)
+{
+    const struct sy_budget *b = NULL;
+    uint64_t reset_ms = 0;
+    if (dp__budget_admits(dp__req_worker(req), t, k, req->id, &b, &reset_ms))
+        return true;
+    uint64_t now = dp_budget_now_ms();
+    uint64_t secs = reset_ms > now ? (reset_ms - now + 999) / 1000 : 1;
+    char extra[48], at[32], amount[32];
+    snprintf(extra, sizeof(extra), "Retry-After: %" PRIu64 "\r\n", secs);
+    time_t rs = (time_t)(reset_ms / 1000);
+    struct tm tm;
+    gmtime_r(&rs, &tm);
+    strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    api_error_h(req, extra, 429, "insufficient_quota", "budget_exceeded", NULL,
+                "The spend budget `%s` of this API key is exhausted (%s per %s). It resets at %s, "
+                "in %" PRIu64 " s.",
+                b->name, dp_budget_amount(b->amount_micros, amount),
+                b->period == SY_BUDGET_DAY    ? "day"
+                : b->period == SY_BUDGET_WEEK ? "week"
+                                              : "month",
+                at, secs);
+    return false;
+}
+
 /* ============================================================================================
  * Models and probes
  * ========================================================================================== */
@@ -386,6 +436,7 @@ static void proxy_release(struct proxy *p)
     }
     json_decref(p->root);
     p->root = NULL;
+    dp_guard_end(p->guard);
     if (p->timer) {
         p->timer->p = NULL; /* its callback frees it */
         uv_timer_stop(&p->timer->t);
@@ -626,9 +677,8 @@ static bool is_anthropic_content(const struct sy_sse_event *ev)
     return false;
 }
 
-static int on_event(void *ud, const struct sy_sse_event *ev)
+static int relay_event(struct proxy *p, const struct sy_sse_event *ev)
 {
-    struct proxy *p = ud;
     if (p->tr_active) {
         if (dp_tr_stream_event(&p->tr, ev, &p->body) < 0)
             return -EPROTO;
@@ -654,6 +704,32 @@ static int on_event(void *ud, const struct sy_sse_event *ev)
     return 0;
 }
 
+/* Output guardrails see the events as the client will, after any translation: what the relay
+ * appended to p->body from <mark> on is replaced by what they let through. */
+static int guard_events(struct proxy *p, size_t mark)
+{
+    struct sy_buf checked = SY_BUF_INIT;
+    enum dp_guard_verdict v =
+        dp_guard_stream(p->guard, p->body.data + mark, p->body.len - mark, &checked);
+    p->body.len = mark;
+    sy_buf_append(&p->body, checked.data ? checked.data : "", checked.len);
+    sy_buf_free(&checked);
+    if (v == DP_GUARD_PASS)
+        return 0;
+    p->guard_stop = v;
+    return 1; /* stops the parser: nothing after this goes out */
+}
+
+static int on_event(void *ud, const struct sy_sse_event *ev)
+{
+    struct proxy *p = ud;
+    size_t mark = p->body.len;
+    int r = relay_event(p, ev);
+    if (r == 0 && dp_guard_has_output(p->guard))
+        r = guard_events(p, mark);
+    return r;
+}
+
 /* The client cannot be written to any more: give up the call. */
 static void client_gone(struct proxy *p, struct dp_upstream *u)
 {
@@ -663,6 +739,31 @@ static void client_gone(struct proxy *p, struct dp_upstream *u)
     attempt_end(p, DP_OUT_CANCELLED);
     proxy_release(p);
     sy_http_resp_abort(req);
+}
+
+/* An output guardrail ended the stream: blocked (an error event ends p->body) or cut at the
+ * length limit (the answer's own ending does). What is there goes out; the upstream is dropped.
+ * A stream blocked before anything was sent gets a plain 400 instead. */
+static void guard_stream_stop(struct proxy *p, struct dp_upstream *u)
+{
+    struct sy_http_request *req = p->req;
+    dp_upstream_cancel(u);
+    p->up = NULL;
+    attempt_end(p, DP_OUT_SUCCESS); /* the deployment did its part */
+    if (!p->committed && p->guard_stop == DP_GUARD_BLOCKED) {
+        proxy_release(p);
+        dp_guard_error(p->guard, NULL);
+        return;
+    }
+    if (!p->committed && stream_commit(p) < 0) {
+        proxy_release(p);
+        sy_http_resp_abort(req);
+        return;
+    }
+    if (p->body.len)
+        sy_http_resp_write(req, p->body.data, p->body.len);
+    proxy_release(p);
+    sy_http_resp_end(req);
 }
 
 static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t len)
@@ -689,6 +790,10 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
         dp_upstream_cancel(u);
         p->up = NULL;
         attempt_failed_or_cut(p, DP_UE_PROTOCOL, "an event of the stream is too large");
+        return;
+    }
+    if (p->guard_stop != DP_GUARD_PASS) {
+        guard_stream_stop(p, u);
         return;
     }
     if (!p->committed) {
@@ -793,6 +898,16 @@ static void relay_final(struct proxy *p, enum dp_upstream_error err, const char 
     add_trace_headers(p, &headers);
     const char *ctype = p->ctype ? p->ctype : "application/json";
     int status = p->status;
+    if (status >= 200 && status < 300 && p->n_trace) /* the last attempt answered */
+        charge_budgets(p, &p->t->deployments[p->trace[p->n_trace - 1].dep]);
+    if (status >= 200 && status < 300 && dp_guard_has_output(p->guard) &&
+        dp_guard_output_body(p->guard, &body) == DP_GUARD_BLOCKED) {
+        proxy_release(p);
+        dp_guard_error(p->guard, headers.len ? headers.data : NULL);
+        sy_buf_free(&body);
+        sy_buf_free(&headers);
+        return;
+    }
     proxy_release(p);
     /* The arena (and ctype in it) lives until the request ends inside sy_http_resp_send. */
     sy_http_resp_send(req, status, ctype, headers.len ? headers.data : NULL,
@@ -915,11 +1030,15 @@ static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
         return;
     }
     if (p->sse) {
+        size_t mark = p->body.len;
         /* A stream that ends without its final blank line: pass the tail on as it is. */
         if (sy_sse_pending(&p->sse_parser) && !p->tr_active)
             sy_buf_append(&p->body, p->sse_parser.pending.data, p->sse_parser.pending.len);
         if (p->tr_active)
             dp_tr_stream_end(&p->tr, &p->body);
+        if (dp_guard_has_output(p->guard) && p->guard_stop == DP_GUARD_PASS &&
+            guard_events(p, mark) == 0)
+            dp_guard_stream_end(p->guard, &p->body);
         attempt_end(p, DP_OUT_SUCCESS);
         if (!p->committed && stream_commit(p) < 0) {
             proxy_release(p);
@@ -1289,6 +1408,32 @@ void dp__route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
     }
 }
 
+/* Input guardrails on the parsed request <root> (taken when refused): false when the call was
+ * refused (answered); a body they changed (redacted, max_tokens capped) becomes the request's
+ * body, which the rewrite and the translation start from. */
+static bool guard_input(struct proxy *p, json_t *root, uint32_t model)
+{
+    struct sy_http_request *req = p->req;
+    enum dp_guard_verdict v = dp_guard_input(p->guard, root);
+    if (v == DP_GUARD_BLOCKED) {
+        p->chain[0] = model; /* counted on its model with the outcome "guardrail" */
+        p->n_chain = 1;
+        p->root = root;
+        req->handler = p;
+        proxy_release(p);
+        dp_guard_error(p->guard, NULL);
+        return false;
+    }
+    if (v == DP_GUARD_CHANGED) {
+        char *text = json_dumps(root, JSON_COMPACT);
+        SY_REQUIRE(text);
+        sy_buf_reset(&req->body);
+        sy_buf_puts(&req->body, text);
+        free(text);
+    }
+    return true;
+}
+
 static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
 {
     const struct sy_key *key;
@@ -1378,6 +1523,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     p->client_model =
         sy_arena_strndup(&req->arena, json_string_value(jmodel), json_string_length(jmodel));
     p->client_usage = json_is_true(json_object_get(jso, "include_usage"));
+    p->guard = dp_guard_begin(req, m, key, p->api);
+    if (p->guard && !guard_input(p, root, (uint32_t)(m - p->t->models)))
+        return;
+    jmax = json_object_get(root, "max_tokens"); /* a guardrail may have capped it */
 
     /* Routing rules look at the request only when the model has some: the parse of messages
      * and the classifier cost nothing otherwise. */
@@ -1395,6 +1544,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                                                ? (uint32_t)SY_MIN(json_integer_value(jmax),
                                                                   1u << 24)
                                                : 0);
+    if (!budgets_admit(req, p->t, key)) {
+        json_decref(root);
+        return;
+    }
     uint32_t key_wait;
     const char *key_limit = NULL;
     if (!dp__gov_key_admits(p->w, key, m, p->est_cost_tokens, &p->key_grant, &key_wait,
@@ -1450,7 +1603,9 @@ void dp__proxy_request_done(struct sy_http_request *req)
     int st = req->resp_status;
     if (p->n_trace)
         d = &p->t->deployments[p->trace[p->n_trace - 1].dep];
-    if (p->cut)
+    if (dp_guard_blocked(p->guard))
+        o = SY_OUTCOME_GUARDRAIL;
+    else if (p->cut)
         o = SY_OUTCOME_STREAM_CUT;
     else if (st == 0 || !req->resp_done)
         o = SY_OUTCOME_CANCELLED;
@@ -1473,6 +1628,7 @@ void dp__proxy_request_done(struct sy_http_request *req)
     dp__gov_account(p->w, &p->t->models[p->chain[0]], d, p->key, o, p->usage.prompt_tokens,
                     p->usage.completion_tokens, now - req->start_ns,
                     p->first_ns ? p->first_ns - req->start_ns : 0);
+    charge_budgets(p, d);
     req->handler = NULL;
 }
 

@@ -12,6 +12,7 @@
 #include "worker.h"
 #include "sy/log.h"
 #include "sy/shm.h"
+#include "guard.h"
 #include "sy/table.h"
 #include "sy/util.h"
 #include "upstream.h"
@@ -65,13 +66,59 @@ static void on_request(struct sy_http_request *req)
     dp__handle_request(req);
 }
 
-void dp__worker_set_table(struct dp_worker *w, struct sy_table *t)
+static void install_table(struct dp_worker *w, struct sy_table *t, uint64_t seq)
 {
     struct sy_table *old = w->table;
     w->table = t;
+    w->installed_seq = seq;
     sy_log(SY_LOG_INFO, "worker", "worker %u: table version %llu -> %llu", w->index,
            (unsigned long long)old->version, (unsigned long long)t->version);
     sy_table_unref(old); /* requests in flight hold their own references */
+}
+
+/* A table whose guardrails must be compiled first: compiling 10,000 keywords takes a good part
+ * of a second, so it runs on libuv's thread pool while the worker keeps serving the table it
+ * has. A table that a later one overtook is dropped when its compile ends. */
+struct table_job {
+    uv_work_t work;
+    struct dp_worker *w;
+    struct sy_table *t;
+    struct dp_guard_prep *prep;
+    uint64_t seq;
+};
+
+static void table_job_work(uv_work_t *req)
+{
+    struct table_job *job = req->data;
+    dp_guard_prepare_work(job->prep);
+}
+
+static void table_job_done(uv_work_t *req, int status)
+{
+    struct table_job *job = req->data;
+    struct dp_worker *w = job->w;
+    dp_guard_prepare_finish(job->prep);
+    if (status == 0 && !w->draining && job->seq > w->installed_seq)
+        install_table(w, job->t, job->seq);
+    else
+        sy_table_unref(job->t);
+    free(job);
+}
+
+void dp__worker_set_table(struct dp_worker *w, struct sy_table *t)
+{
+    uint64_t seq = ++w->table_seq;
+    struct dp_guard_prep *prep = dp_guard_prepare(t);
+    if (dp_guard_prepare_pending(prep)) {
+        struct table_job *job = sy_xcalloc(1, sizeof(*job));
+        *job = (struct table_job){.w = w, .t = t, .prep = prep, .seq = seq};
+        job->work.data = job;
+        SY_REQUIRE(uv_queue_work(&w->loop, &job->work, table_job_work, table_job_done) == 0);
+        return;
+    }
+    if (prep)
+        dp_guard_prepare_finish(prep);
+    install_table(w, t, seq);
 }
 
 static void on_request_done(struct sy_http_request *req)
@@ -136,6 +183,7 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
     w->shm = dp__node_shm;
     if (w->shm)
         sy_shm_worker_start(w->shm, index, getpid(), sy_now_ms());
+    dp_guard_attach(table);
     w->table = table;
     signal(SIGPIPE, SIG_IGN);
 

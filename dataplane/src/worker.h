@@ -38,6 +38,9 @@ struct dp_worker {
         double requests, retries; /* halved every 5 s */
         uint64_t at_ms;
     } budget;
+    uint64_t table_seq;     /* tables handed to dp__worker_set_table, in order */
+    uint64_t installed_seq; /* the one serving (a table whose guardrails compile later than a
+                             * newer one's is dropped) */
 };
 
 /** The worker a request arrived on. */
@@ -53,7 +56,8 @@ static inline const struct sy_table *dp__req_table(const struct sy_http_request 
 }
 
 /** Make <t> (takes the reference) the table new requests begin on; the old one is freed when
- * the last request holding it ends. */
+ * the last request holding it ends. When <t> has guardrails to compile, that happens on the
+ * thread pool first and the switch follows (the current table serves meanwhile). */
 void dp__worker_set_table(struct dp_worker *w, struct sy_table *t);
 
 /* ---- governor.c: the node-wide governance state ------------------------------------------- */
@@ -105,6 +109,10 @@ void dp__gov_attempt_done(struct dp_worker *w, const struct sy_table *t,
 /** Requests in flight on <d> across the node; its recent time to first byte (µs). */
 uint64_t dp__gov_inflight(struct dp_worker *w, const struct sy_deployment *d);
 uint64_t dp__gov_ttfb_us(struct dp_worker *w, const struct sy_deployment *d);
+/** The cost in millionths of the price currency of <prompt_tokens> and <completion_tokens> at
+ * deployment <d>'s prices (0 for a NULL <d>). */
+uint64_t dp__gov_cost(const struct sy_deployment *d, uint64_t prompt_tokens,
+                      uint64_t completion_tokens);
 /** A model call ended with <o>: count it on its public model <m>, its client key <k> and the
  * deployment <d> that answered (each may be NULL), with the tokens the provider reported and
  * their cost at <d>'s prices, the whole duration and the time to the client's first byte. */

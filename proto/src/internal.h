@@ -34,3 +34,25 @@ struct sy_table;
  * -EINVAL or -ENOMEM. */
 int sy__policy_decode(struct sy_table *t, uint32_t model, const char *data, size_t len, char **err,
                       char **err_path);
+
+/* ---- guardrail.c ------------------------------------------------------------------------ */
+
+struct msgpack_object;
+struct msgpack_packer;
+struct sy_guardrail;
+
+/** Decode the table's `guardrails` array <v> into <t> (which must hold none yet), leniently:
+ * unknown keys are skipped. Returns 0 or -EINVAL with *<err> naming the path
+ * (`guardrails[1].input.detectors[0]: ...`); <t> then holds a partial array for table_free. */
+int sy__guardrails_decode(struct sy_table *t, const struct msgpack_object *v, char **err);
+/** Check one guardrail document, msgpack <data>/<len> (borrowed), strictly: unknown keys are
+ * refused. On success fills <out> unless NULL (free with sy__guardrail_free). Returns 0 or
+ * -EINVAL with *<err> and *<err_path> (either may be NULL; caller frees). */
+int sy__guardrail_check(const char *data, size_t len, struct sy_guardrail *out, char **err,
+                        char **err_path);
+/** Append the `guardrails` array of <t> to <pk>: every key spelled out. */
+void sy__guardrails_pack(struct msgpack_packer *pk, const struct sy_table *t);
+/** Free what <t>'s guardrails own, and the array. */
+void sy__guardrails_free(struct sy_table *t);
+/** Free what one guardrail owns, and zero it. */
+void sy__guardrail_free(struct sy_guardrail *gr);

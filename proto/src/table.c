@@ -447,6 +447,8 @@ enum field_kind {
     FIELD_TRIGGERS,    /* uint32_t SY_TRIGGER_* bits, an array of trigger names */
     FIELD_STATUSES,    /* struct sy_policy's statuses/n_statuses: HTTP statuses 400..599 */
     FIELD_RULES,       /* struct sy_policy's rules/n_rules */
+    FIELD_BUDGET_LIST, /* struct sy_key's budgets/n_budgets: budget names, resolved */
+    FIELD_PERIOD,      /* enum sy_budget_period */
     FIELD_MAX,
 };
 
@@ -523,11 +525,31 @@ static const struct field key_fields[] = {
     KEY_FIELD("rpm", FIELD_U32, rpm),
     KEY_FIELD("tpm", FIELD_U32, tpm),
     KEY_FIELD("model_limits", FIELD_KEY_LIMITS, model_limits),
+    KEY_FIELD("budgets", FIELD_BUDGET_LIST, budgets),
 };
 
 static const struct field key_limit_fields[] = {
     {"rpm", FIELD_U32, offsetof(struct sy_key_limit, rpm), 0, 0},
     {"tpm", FIELD_U32, offsetof(struct sy_key_limit, tpm), 0, 0},
+};
+
+static const char *const period_names[SY_BUDGET_PERIOD_MAX] = {
+    [SY_BUDGET_DAY] = "day",
+    [SY_BUDGET_WEEK] = "week",
+    [SY_BUDGET_MONTH] = "month",
+};
+
+#define BUDGET_FIELD(key, kind, member, min, max)                                                  \
+    {                                                                                              \
+        key, kind, offsetof(struct sy_budget, member), min, max                                    \
+    }
+static const struct field budget_fields[] = {
+    BUDGET_FIELD("name", FIELD_STR, name, 0, 0),
+    BUDGET_FIELD("id", FIELD_U64, id, 0, 0),
+    BUDGET_FIELD("slot", FIELD_U32, slot, 0, 0),
+    BUDGET_FIELD("amount_micros", FIELD_U64, amount_micros, 0, 0),
+    BUDGET_FIELD("soft_percent", FIELD_U32, soft_percent, 1, 100),
+    BUDGET_FIELD("period", FIELD_PERIOD, period, 0, 0),
 };
 
 static const struct field model_fields[] = {
@@ -757,6 +779,55 @@ static int decode_model_list(struct dec *d, const msgpack_object *v, struct sy_k
         path_pop(d, mark);
     }
     qsort(k->models, n, sizeof(*k->models), cmp_str_ptr);
+    return 0;
+}
+
+static int cmp_counted(const char *key, size_t len, const char *name);
+static int fail_named(struct dec *d, const char *what, const msgpack_object *str, const char *tail);
+
+static int cmp_budget_name(const void *a, const void *b)
+{
+    return strcmp(((const struct sy_budget *)a)->name, ((const struct sy_budget *)b)->name);
+}
+
+/* A key's budgets: names of the table's budgets (decoded before the keys), each once. */
+static int decode_budget_list(struct table_dec *td, const msgpack_object *v, struct sy_key *k)
+{
+    struct dec *d = &td->d;
+    const struct sy_table *t = td->t;
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    uint32_t n = v->via.array.size;
+    k->budgets = calloc(n ? n : 1, sizeof(*k->budgets));
+    if (k->budgets == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        size_t mark = path_index(d, i);
+        if (e->type != MSGPACK_OBJECT_STR)
+            return fail(d, -EINVAL, "expected a budget name, got %s", type_name(e));
+        size_t lo = 0, hi = t->n_budgets;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            int c = cmp_counted(e->via.str.ptr, e->via.str.size, t->budgets[mid].name);
+            if (c == 0) {
+                lo = mid;
+                break;
+            }
+            if (c < 0)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        if (lo >= t->n_budgets ||
+            cmp_counted(e->via.str.ptr, e->via.str.size, t->budgets[lo].name) != 0)
+            return fail_named(d, "unknown budget", e, "");
+        for (uint32_t j = 0; j < k->n_budgets; j++)
+            if (k->budgets[j] == lo)
+                return fail_named(d, "budget", e, " is listed twice");
+        k->budgets[k->n_budgets++] = (uint32_t)lo;
+        path_pop(d, mark);
+    }
     return 0;
 }
 
@@ -1463,6 +1534,12 @@ static int decode_field(struct table_dec *td, const struct field *f, const msgpa
         return decode_statuses(d, v, SY_CONTAINER_OF(p, struct sy_policy, statuses));
     case FIELD_RULES:
         return decode_rules(td, v, SY_CONTAINER_OF(p, struct sy_policy, rules));
+    case FIELD_BUDGET_LIST:
+        return decode_budget_list(td, v, SY_CONTAINER_OF(p, struct sy_key, budgets));
+    case FIELD_PERIOD:
+        if ((rc = get_enum(d, v, period_names, SY_BUDGET_PERIOD_MAX, &e)) == 0)
+            *(enum sy_budget_period *)p = (enum sy_budget_period)e;
+        return rc;
     case FIELD_MAX:
         break;
     }
@@ -1700,6 +1777,7 @@ static void key_free(struct sy_key *k)
     for (uint32_t i = 0; i < k->n_models; i++)
         free(k->models[i]);
     free(k->models);
+    free(k->budgets);
     for (uint32_t i = 0; i < k->n_model_limits; i++)
         free(k->model_limits[i].model);
     free(k->model_limits);
@@ -1719,6 +1797,12 @@ static void table_free(struct sy_table *t)
     for (uint32_t i = 0; i < t->n_keys; i++)
         key_free(&t->keys[i]);
     free(t->keys);
+    for (uint32_t i = 0; i < t->n_budgets; i++)
+        free(t->budgets[i].name);
+    free(t->budgets);
+    sy__guardrails_free(t);
+    if (t->ext_free)
+        t->ext_free(t->ext);
     free(t);
 }
 
@@ -2014,6 +2098,51 @@ static int decode_keys(struct table_dec *td, const msgpack_object *v)
     return 0;
 }
 
+/* Budgets, sorted by name for the keys' look-ups: names and slots unique, amounts positive. */
+static int decode_budgets(struct table_dec *td, const msgpack_object *v)
+{
+    struct dec *d = &td->d;
+    struct sy_table *t = td->t;
+    int rc;
+
+    if (v->type != MSGPACK_OBJECT_ARRAY)
+        return fail(d, -EINVAL, "expected an array, got %s", type_name(v));
+    uint32_t n = v->via.array.size;
+    t->budgets = calloc(n ? n : 1, sizeof(*t->budgets));
+    if (t->budgets == NULL)
+        return oom(d);
+    t->n_budgets = n;
+    for (uint32_t i = 0; i < n; i++) {
+        struct sy_budget *b = &t->budgets[i];
+        size_t mark = path_index(d, i);
+        b->slot = i;
+        b->soft_percent = 80;
+        if ((rc = decode_fields(td, &v->via.array.ptr[i], budget_fields,
+                                SY_ARRAY_LEN(budget_fields), b)) < 0 ||
+            (rc = check_given(d, "name", b->name)) < 0)
+            return rc;
+        if (b->amount_micros == 0)
+            return missing(d, "amount_micros", " (a budget needs a positive amount)");
+        path_pop(d, mark);
+    }
+    const char **names = malloc(sizeof(*names) * (n ? n : 1));
+    uint32_t *order = NULL;
+    if (names == NULL)
+        return oom(d);
+    for (uint32_t i = 0; i < n; i++)
+        names[i] = t->budgets[i].name;
+    rc = sort_unique(d, names, n, "budgets", &order);
+    free(names);
+    if (rc == 0)
+        rc = check_slots(d, t->budgets, sizeof(*t->budgets), offsetof(struct sy_budget, slot), n,
+                         "budgets");
+    free(order);
+    if (rc < 0)
+        return rc;
+    qsort(t->budgets, n, sizeof(*t->budgets), cmp_budget_name);
+    return 0;
+}
+
 static int decode_table(struct table_dec *td, const msgpack_object *root)
 {
     struct dec *d = &td->d;
@@ -2079,6 +2208,14 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     td->t->require_keys = v && v->via.boolean;
     path_pop(d, mark);
 
+    /* Budgets before keys, whatever the order: keys list them by name. */
+    if ((rc = map_get(d, root, "budgets", &v)) < 0)
+        return rc;
+    mark = path_key(d, "budgets");
+    if (v && (rc = decode_budgets(td, v)) < 0)
+        return rc;
+    path_pop(d, mark);
+
     if ((rc = map_get(d, root, "keys", &v)) < 0)
         return rc;
     mark = path_key(d, "keys");
@@ -2092,6 +2229,11 @@ static int decode_table(struct table_dec *td, const msgpack_object *root)
     if (v && (rc = get_u32_range(d, v, 1, 65536, &td->t->nodes)) < 0)
         return rc;
     path_pop(d, mark);
+
+    if ((rc = map_get(d, root, "guardrails", &v)) < 0)
+        return rc;
+    if (v && (rc = sy__guardrails_decode(td->t, v, d->err)) < 0)
+        return rc;
     return 0;
 }
 
@@ -2436,6 +2578,16 @@ static void pack_field(msgpack_packer *pk, const struct sy_table *t, const struc
             pack_rule(pk, t, &pol->rules[i]);
         return;
     }
+    case FIELD_BUDGET_LIST: {
+        const struct sy_key *k = SY_CONTAINER_OF(p, struct sy_key, budgets);
+        msgpack_pack_array(pk, k->n_budgets);
+        for (uint32_t i = 0; i < k->n_budgets; i++)
+            pack_cstr(pk, t->budgets[k->budgets[i]].name);
+        return;
+    }
+    case FIELD_PERIOD:
+        pack_cstr(pk, period_names[*(const enum sy_budget_period *)p]);
+        return;
     case FIELD_MAX:
         break;
     }
@@ -2452,6 +2604,8 @@ static bool field_absent(const struct field *f, const void *p)
         return *(char *const *)p == NULL;
     case FIELD_MODEL_LIST:
         return *(char **const *)p == NULL;
+    case FIELD_BUDGET_LIST:
+        return SY_CONTAINER_OF(p, struct sy_key, budgets)->n_budgets == 0;
     case FIELD_KEY_LIMITS:
         return SY_CONTAINER_OF(p, struct sy_key, model_limits)->n_model_limits == 0;
     case FIELD_OLD_BALANCE:
@@ -2492,7 +2646,7 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     msgpack_packer pk;
 
     msgpack_packer_init(&pk, out, buf_write);
-    msgpack_pack_map(&pk, 7 + (t->nodes > 1));
+    msgpack_pack_map(&pk, 8 + (t->nodes > 1) + (t->n_guardrails > 0));
     pack_cstr(&pk, "schema");
     msgpack_pack_int(&pk, SY_TABLE_SCHEMA);
     pack_cstr(&pk, "version");
@@ -2512,6 +2666,10 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
         msgpack_pack_true(&pk);
     else
         msgpack_pack_false(&pk);
+    pack_cstr(&pk, "budgets");
+    msgpack_pack_array(&pk, t->n_budgets);
+    for (uint32_t i = 0; i < t->n_budgets; i++)
+        pack_fields(&pk, t, budget_fields, SY_ARRAY_LEN(budget_fields), &t->budgets[i]);
     pack_cstr(&pk, "keys");
     msgpack_pack_array(&pk, t->n_keys);
     for (uint32_t i = 0; i < t->n_keys; i++)
@@ -2519,6 +2677,10 @@ int sy_table_encode(const struct sy_table *t, struct sy_buf *out)
     if (t->nodes > 1) {
         pack_cstr(&pk, "nodes");
         msgpack_pack_uint32(&pk, t->nodes);
+    }
+    if (t->n_guardrails > 0) {
+        pack_cstr(&pk, "guardrails");
+        sy__guardrails_pack(&pk, t);
     }
     return 0;
 }

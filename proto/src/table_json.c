@@ -267,6 +267,29 @@ int sy_model_policy_from_json(struct sy_table *t, uint32_t model, const char *te
     return rc;
 }
 
+/* ---- guardrails ------------------------------------------------------------------------ */
+
+int sy_guardrail_check_json(const char *text, size_t len, struct sy_guardrail *out, char **err,
+                            char **param)
+{
+    struct sy_buf mp = SY_BUF_INIT;
+    int rc;
+
+    if (err)
+        *err = NULL;
+    if (param)
+        *param = NULL;
+    if ((rc = json_object_to_msgpack(text, len, "guardrail", &mp, err)) == 0)
+        rc = sy__guardrail_check(mp.data, mp.len, out, err, param);
+    sy_buf_free(&mp);
+    return rc;
+}
+
+void sy_guardrail_free(struct sy_guardrail *gr)
+{
+    sy__guardrail_free(gr);
+}
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 static int read_file(const char *path, struct sy_buf *b, char **err)

@@ -23,6 +23,8 @@
  *   +----------------------------+ off_shards
  *   | shard 0: dep, model, key   |   counters written only by worker 0
  *   | shard 1 ...                |   (shard_stride bytes each, max_workers of them)
+ *   +----------------------------+ off_budgets
+ *   | sy_shm_budget[max_budgets] |   spend of the current period per budget (one line each)
  *   +----------------------------+ size
  *
  * Every block starts on a 64-byte line, and state that different workers write at different
@@ -44,7 +46,7 @@
 /** "SYSHMSEG" read as a little-endian 64-bit number. */
 #define SY_SHM_MAGIC UINT64_C(0x4745534d48535953)
 /** Layout version: bump on any change (see above). */
-#define SY_SHM_VERSION 1u
+#define SY_SHM_VERSION 2u
 
 /** "No slot", for an event that concerns no model, deployment or key. */
 #define SY_SHM_NO_SLOT UINT32_MAX
@@ -59,6 +61,7 @@
 #define SY_SHM_DEFAULT_KEYS        1024u
 #define SY_SHM_DEFAULT_KEY_MODELS  4096u  /* rounded up to a power of two */
 #define SY_SHM_DEFAULT_EVENTS      16384u /* rounded up to a power of two */
+#define SY_SHM_DEFAULT_BUDGETS     256u
 
 /** How many objects of each kind the segment has room for. */
 struct sy_shm_caps {
@@ -68,6 +71,7 @@ struct sy_shm_caps {
     uint32_t max_keys;
     uint32_t key_model_entries; /* power of two */
     uint32_t event_cells;       /* power of two */
+    uint32_t max_budgets;
 };
 
 /** The kinds of object that own a slot. */
@@ -181,6 +185,7 @@ struct sy_shm_header {
     /* the shard layout: deployments, then models, then keys */
     uint64_t shard_off_models;
     uint64_t shard_off_keys;
+    uint64_t off_budgets;
     /* 1 + the highest worker index ever started: readers sum shards [0, workers_seen) and
      * skip the shards no worker ever used */
     alignas(64) _Atomic uint32_t workers_seen;
@@ -271,7 +276,8 @@ struct sy_shm_key_model {
     X(SHED, "shed")                 /* a deployment near its limit passed traffic on */            \
     X(GUARDRAIL, "guardrail")       /* a guardrail blocked or rewrote something */                 \
     X(CONFIG, "config")             /* a worker switched routing table */                          \
-    X(WORKER, "worker")             /* a worker started, died or was replaced */
+    X(WORKER, "worker")             /* a worker started, died or was replaced */                   \
+    X(BUDGET, "budget")             /* a spend budget crossed its soft threshold or ran out */
 
 enum sy_event_kind {
 #define SY__X(name, label) SY_EVENT_##name,
@@ -294,7 +300,9 @@ enum sy_event_kind {
     X(TPM, "tpm")                                 /* a tokens-per-minute limit */                  \
     X(RETRY_BUDGET, "retry_budget")               /* no retry: the budget is spent */              \
     X(CONTEXT_LENGTH, "context_length")           /* fallback on a context-length 400 */           \
-    X(TRIGGER, "trigger")                         /* fallback on a configured trigger */
+    X(TRIGGER, "trigger")                         /* fallback on a configured trigger */           \
+    X(BUDGET_SOFT, "soft")                        /* a budget's spend crossed soft_percent */      \
+    X(BUDGET_EXHAUSTED, "exhausted")              /* a budget's spend reached its amount */
 
 enum sy_reason {
 #define SY__X(name, label) SY_REASON_##name,
@@ -343,6 +351,39 @@ struct sy_shm_event_ring {
     _Atomic uint64_t skipped;                 /* cells the consumer gave up on */
 };
 
+/* ---- spend budgets ------------------------------------------------------------------------ */
+
+/** Spend of one budget in its current period, on this node (controlplane/src/budget.c writes
+ * the period and what PostgreSQL knows; dataplane/src/budget.c counts and checks).
+ *
+ * The budget's spend in the period is  local_micros + offset_micros,  where <local_micros> is
+ * the cost (millionths of the price currency) of every request this node's workers served for
+ * a key the budget covers since the slot was claimed, cumulative and only ever added to, and
+ * <offset_micros> = base - local_at_base: <base> is the period's spend recorded in PostgreSQL
+ * by every node, and <local_at_base> the value <local_micros> had when this node's usage flush
+ * that PostgreSQL includes read its counters. One word, so that a worker never pairs a new
+ * base with an old local_at_base.
+ *
+ * <owner> is the budget's id (0: unclaimed); a worker counts into and checks a slot only when
+ * it is the id its table names. The control plane claims a slot by storing owner 0, zeroing
+ * the rest, then the id (release); it writes <offset_micros> before <period_end_ms> (release),
+ * and a worker reads them in the other order (acquire), so it never pairs a new period with
+ * the last period's offset. A worker past <period_end_ms> (the control plane has not rolled
+ * the period over yet) does not enforce the budget.
+ *
+ * <flags> dedupes the events of a period: period_start_ms << 2 | 1 (soft sent) | 2 (exhausted
+ * sent), changed by CAS; bits of another period count as none. */
+struct sy_shm_budget {
+    alignas(64) _Atomic uint64_t local_micros; /* the hot word: every worker adds to it */
+    alignas(64) _Atomic uint64_t owner;        /* budget id, 0: unclaimed */
+    _Atomic int64_t offset_micros;             /* base - local_at_base */
+    _Atomic uint64_t period_start_ms;          /* wall clock */
+    _Atomic uint64_t period_end_ms;            /* wall clock, exclusive; 0: not known yet */
+    _Atomic uint64_t flags;
+    _Atomic uint64_t base_micros;   /* for reading: the period's spend in PostgreSQL... */
+    _Atomic uint64_t local_at_base; /* ...and local_micros when it was flushed */
+};
+
 /* ---- layout facts -------------------------------------------------------------------------- */
 
 static_assert(sizeof(struct sy_shm_header) % 64 == 0, "header fills whole lines");
@@ -360,6 +401,7 @@ static_assert(sizeof(struct sy_shm_key_model) == 64, "key-model entry");
 static_assert(sizeof(struct sy_shm_event) == 248, "event record");
 static_assert(sizeof(struct sy_shm_event_cell) == 256, "event cell");
 static_assert(sizeof(struct sy_shm_event_ring) == 192, "ring control block");
+static_assert(sizeof(struct sy_shm_budget) == 128, "budget: the hot word on its own line");
 static_assert(alignof(struct sy_shm_dep_state) == 64 && alignof(struct sy_shm_obj_counters) == 64,
               "blocks start on a cache line");
 static_assert(sizeof(_Atomic uint64_t) == 8 && alignof(_Atomic uint64_t) == 8,
@@ -386,6 +428,7 @@ struct sy_shm {
     uint64_t shard_stride;
     uint64_t shard_off_models;
     uint64_t shard_off_keys;
+    struct sy_shm_budget *budgets;
 };
 
 /* Atomics in a segment shared between processes must be lock-free (and so address-free). */

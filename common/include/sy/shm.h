@@ -115,6 +115,20 @@ static inline struct sy_shm_key_state *sy_shm_key(struct sy_shm *shm, uint32_t s
 struct sy_shm_key_model *sy_shm_key_model(struct sy_shm *shm, uint32_t key_slot,
                                           uint32_t model_slot);
 
+/** Budget <slot>'s spend (shm-t.h: struct sy_shm_budget), or NULL beyond capacity or on a
+ * read-only attach. */
+static inline struct sy_shm_budget *sy_shm_budget(struct sy_shm *shm, uint32_t slot)
+{
+    return shm->writable && slot < shm->caps.max_budgets ? &shm->budgets[slot] : NULL;
+}
+
+/** Read-only view of budget <slot> (for metrics and the admin API), or NULL beyond capacity. */
+static inline const struct sy_shm_budget *sy_shm_budget_peek(const struct sy_shm *shm,
+                                                             uint32_t slot)
+{
+    return slot < shm->caps.max_budgets ? &shm->budgets[slot] : NULL;
+}
+
 /** Update the EWMA <avg> (microseconds) with <sample_us>, weight 1/8: the first sample sets
  * it. A CAS loop, so that concurrent updates from several workers are all folded in. */
 static inline void sy_shm_ewma(_Atomic uint64_t *avg, uint64_t sample_us)

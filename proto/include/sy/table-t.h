@@ -224,6 +224,92 @@ struct sy_key {
     uint32_t tpm;       /* tokens per minute; 0 = no limit */
     struct sy_key_limit *model_limits; /* sorted by model name; NULL when none */
     uint32_t n_model_limits;
+    uint32_t *budgets; /* indices into the table's budgets of those that cover the key */
+    uint32_t n_budgets;
+};
+
+/** Calendar periods of a spend budget. */
+enum sy_budget_period {
+    SY_BUDGET_DAY = 0,
+    SY_BUDGET_WEEK, /* Monday to Monday */
+    SY_BUDGET_MONTH,
+    SY_BUDGET_PERIOD_MAX,
+};
+
+/** A spend budget: the keys it covers list it (struct sy_key's budgets). The period's bounds
+ * and spend are in shared memory (struct sy_shm_budget at <slot>), because they move without a
+ * config change; the table holds what an operator set. */
+struct sy_budget {
+    char *name;
+    uint64_t id;            /* the control plane's id: owner of the shared-memory slot */
+    uint32_t slot;          /* index in the segment's budgets */
+    uint64_t amount_micros; /* the hard limit, in millionths of the price currency (> 0) */
+    uint32_t soft_percent;  /* an event when the spend crosses this share (1..100) */
+    enum sy_budget_period period;
+};
+
+/* ---- guardrails ------------------------------------------------------------------------------ */
+
+/** What a guardrail does when a detector matches. Ordered by severity: the strongest wins. */
+enum sy_guard_action {
+    SY_GUARD_LOG = 0, /* record an event, change nothing */
+    SY_GUARD_REDACT,  /* mask the match in place ([EMAIL], 138****5678) */
+    SY_GUARD_BLOCK,   /* refuse the request, or end the answer with an error */
+    SY_GUARD_ACTION_MAX,
+};
+
+/** The built-in detectors; each is a bit in sy_guard_side.detectors. */
+enum sy_guard_detector {
+    SY_GUARD_EMAIL = 0,
+    SY_GUARD_PHONE,     /* international numbers: +<country> and 7..14 digits */
+    SY_GUARD_CN_MOBILE, /* mainland-China mobile numbers: 1[3-9] and 9 digits */
+    SY_GUARD_CN_ID,     /* China resident ID numbers, 18 characters, GB 11643 checksum */
+    SY_GUARD_BANK_CARD, /* 13..19 digits (spaces or dashes allowed), Luhn checksum */
+    SY_GUARD_IPV4,
+    SY_GUARD_IPV6,
+    SY_GUARD_SECRET,  /* API keys (sk-..., AKIA..., ghp_...), private-key blocks */
+    SY_GUARD_KEYWORD, /* the side's keyword list (not a bit of detectors) */
+    SY_GUARD_REGEX,   /* the side's regular expressions (not a bit of detectors) */
+    SY_GUARD_DETECTOR_MAX,
+};
+
+/** One side (input or output) of a guardrail. */
+struct sy_guard_side {
+    uint32_t detectors; /* bit (1u << enum sy_guard_detector) per built-in detector */
+    uint8_t actions[SY_GUARD_DETECTOR_MAX]; /* enum sy_guard_action per detector, keywords and
+                                             * regexes included */
+    char **keywords;                        /* literal, matched case-insensitively (ASCII) */
+    uint32_t n_keywords;
+    char **regexes; /* vectorscan syntax, UTF-8 */
+    uint32_t n_regexes;
+};
+
+enum sy_guard_tokens_mode {
+    SY_GUARD_TOKENS_LOWER = 0, /* a max_tokens above the cap is lowered to it */
+    SY_GUARD_TOKENS_REFUSE,    /* ...or refused with a 400 */
+    SY_GUARD_TOKENS_MAX,
+};
+
+/** Limits of a guardrail; 0 = no limit. */
+struct sy_guard_limits {
+    uint32_t max_input_chars;  /* characters of message text in a request */
+    uint32_t max_input_tokens; /* estimated prompt tokens of a request */
+    uint32_t max_tokens_cap;   /* highest max_tokens (or max_completion_tokens) a request gets */
+    enum sy_guard_tokens_mode max_tokens_mode;
+    uint32_t max_output_chars; /* characters of answer text; the answer is cut, marked "length" */
+};
+
+/** A guardrail: checks on requests and answers, attached to public models and client keys. */
+struct sy_guardrail {
+    char *name;
+    uint64_t id;
+    bool all;      /* applies to every request */
+    char **models; /* public model names it applies to (the name the client asked for) */
+    uint32_t n_models;
+    uint64_t *keys; /* client key ids it applies to */
+    uint32_t n_keys;
+    struct sy_guard_side input, output;
+    struct sy_guard_limits limits;
 };
 
 /** A routing table. Immutable once decoded; shared by reference count between a worker and the
@@ -240,4 +326,12 @@ struct sy_table {
     struct sy_key *keys; /* sorted by hash, for binary search */
     uint32_t n_keys;
     uint32_t nodes; /* live nodes the limits above were divided by (their share); 0 or 1: one */
+    struct sy_budget *budgets; /* decoded before the keys, which refer to them by name */
+    uint32_t n_budgets;
+    struct sy_guardrail *guardrails; /* in the control plane's order (by id) */
+    uint32_t n_guardrails;
+    /* State a plane derives from the table and frees with it (the data plane's compiled
+     * guardrails); not part of the wire form. NULL when none. */
+    void *ext;
+    void (*ext_free)(void *ext);
 };

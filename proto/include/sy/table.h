@@ -54,6 +54,23 @@ int sy_policy_check_json(const char *text, size_t len, char **err, char **param)
 int sy_model_policy_from_json(struct sy_table *t, uint32_t model, const char *text, size_t len,
                               char **err);
 
+/** Check a guardrail document as an operator writes it (proto/README.md, "guardrails"):
+ * <text>/<len> (borrowed) is its JSON object. Same reader as sy_table_decode(), but strict:
+ * unknown keys are refused. Regular expressions are checked for length only (the caller compiles
+ * them). On success fills <out> unless it is NULL (free it with sy_guardrail_free()). Returns 0,
+ * or -EINVAL with *<err> set to the message and *<param> to the path at fault
+ * ("input.detectors[1]"), both for the caller to free (either may be NULL). */
+int sy_guardrail_check_json(const char *text, size_t len, struct sy_guardrail *out, char **err,
+                            char **param);
+
+/** Free what guardrail <gr> owns (not <gr> itself) and zero it. */
+void sy_guardrail_free(struct sy_guardrail *gr);
+
+/** The name of detector <d> in tables and documents ("email", "keywords"...). */
+const char *sy_guard_detector_name(enum sy_guard_detector d);
+/** The name of action <a> ("log", "redact", "block"). */
+const char *sy_guard_action_name(enum sy_guard_action a);
+
 /** Load the table file <path>: JSON when its first non-blank byte is '{', msgpack otherwise.
  * Results as sy_table_decode(), and -errno when the file cannot be read; every message starts
  * with "<path>: ". */
