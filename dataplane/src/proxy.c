@@ -1448,6 +1448,16 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                       "The request body is empty; send a JSON object.");
         return;
     }
+    /* A raw NUL is never JSON (in a string it must be \u0000), but jansson skips one after a
+     * literal or a number ("false\0,"), which the rewrite then refuses (found by
+     * fuzz_json_request): refuse it here, saying why. */
+    const char *nul = memchr(req->body.data, '\0', req->body.len);
+    if (nul) {
+        api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+                  "The request body is not valid JSON: a NUL byte at offset %zu.",
+                  (size_t)(nul - req->body.data));
+        return;
+    }
     json_error_t jerr;
     json_t *root = json_loadb(req->body.data, req->body.len, 0, &jerr);
     if (!root) {

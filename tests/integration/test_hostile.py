@@ -349,6 +349,7 @@ def test_100000_messages_are_served(gateway, mock):
     (b'{"model":"ok","messages":[]} trailing', "not valid JSON"),
     (b"nul", "not valid JSON"),
     (b"\x00\x01\x02", "not valid JSON"),
+    (b'{"model":"ok","stream":false\x00,"messages":[]}', "NUL byte at offset 28"),
     (b"[]", "must be a JSON object"),
     (b'"a string"', "not valid JSON"),
     (b"", "empty"),
