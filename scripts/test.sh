@@ -14,6 +14,8 @@ cd "$SY_ROOT" || exit 1
 
 BUILD=build
 ASAN=build-asan
+FUZZ=build-fuzz
+FUZZ_SECONDS=${SWITCHYARD_FUZZ_SECONDS:-20} # seconds each libFuzzer target runs (tests/fuzz/run.sh)
 LOGS=$SY_ROOT/build-test-logs # one place for junit files and stage logs
 PYTEST_TIMEOUT=${SWITCHYARD_PYTEST_TIMEOUT:-420} # seconds for one pytest run; then it is stopped
 
@@ -26,6 +28,7 @@ STAGES=(
     "integration|need_build $BUILD && run_pytest $BUILD tests/integration"
     "unit-asan|CC=clang build_tree $ASAN -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true && run_meson_suite $ASAN unit"
     "integration-asan|need_build $ASAN && run_pytest $ASAN tests/integration"
+    "fuzz|CC=clang build_tree $FUZZ -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized -Dwerror=true && run_fuzz $FUZZ"
 )
 
 # ---- helpers a stage uses -----------------------------------------------------------------------
@@ -88,6 +91,22 @@ run_pytest() {
     1) ;;
     *) NOTE="pytest exited $rc" ;;
     esac
+    return "$rc"
+}
+
+# run_fuzz DIR: each libFuzzer target for FUZZ_SECONDS on a scratch copy of its seed corpus;
+# one test per target, passed when it ends without a crash, leak, timeout or failed check.
+run_fuzz() {
+    local dir=$1 out
+    out=$LOGS/$STAGE.txt
+    bash tests/fuzz/run.sh "$dir" "$FUZZ_SECONDS" 2>&1 | tee "$out"
+    local rc=${PIPESTATUS[0]}
+    read -r PASSED FAILED < <(awk '/^fuzz: [0-9]+ passed, [0-9]+ failed$/ { print $2, $4 }' "$out")
+    PASSED=${PASSED:-0} FAILED=${FAILED:-0}
+    if ((PASSED + FAILED == 0)); then
+        NOTE="no fuzz targets ran"
+        return 1
+    fi
     return "$rc"
 }
 

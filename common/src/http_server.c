@@ -42,7 +42,7 @@ enum conn_timer {
     TIMER_NONE = 0,
     TIMER_IDLE,   /* keep-alive idle: close quietly */
     TIMER_HEAD,   /* head not complete in time: 408 */
-    TIMER_BODY,   /* body stalled: 408 */
+    TIMER_BODY,   /* body stalled or too slow in all: 408 */
     TIMER_SEND,   /* client reads nothing: close */
     TIMER_LINGER, /* after our FIN, waiting for the client's: close */
     TIMER_MAX,
@@ -77,6 +77,8 @@ struct sy_http_conn {
     bool in_value;
     size_t head_bytes;
     int err_status; /* set by a callback that refuses the request (413, 431) */
+    /* loop time by which the whole body must be in; 0: none */
+    uint64_t body_deadline;
     size_t trailer_bytes;
     const char *err_msg;
 
@@ -526,6 +528,7 @@ static void request_reset(struct sy_http_conn *c)
     c->in_value = false;
     c->head_bytes = 0;
     c->err_status = 0;
+    c->body_deadline = 0;
     c->err_msg = NULL;
     c->trailer_bytes = 0;
 }
@@ -715,6 +718,12 @@ static int on_headers_complete(llhttp_t *p)
     req->headers = sy_arena_alloc(&req->arena, (c->n_spans ? c->n_spans : 1) * sizeof(*req->headers));
     for (size_t i = 0; i < c->n_spans; i++) {
         struct hdr_span *s = &c->spans[i];
+        if (s->name_len == 0) {
+            /* llhttp 8 lets ": value" through; RFC 9110 field names are tokens. */
+            c->err_status = 400;
+            c->err_msg = "Malformed HTTP request: a header field has an empty name.";
+            return -1;
+        }
         req->headers[i] = (struct sy_http_header){
             .name = c->hbuf.data + s->name_off,
             .name_len = s->name_len,
@@ -750,6 +759,8 @@ static int on_headers_complete(llhttp_t *p)
         conn_write(c, &b, 1);
     }
     c->state = CONN_BODY;
+    c->body_deadline =
+        cfg->body_total_timeout_ms ? uv_now(c->srv->loop) + cfg->body_total_timeout_ms : 0;
     return 0;
 }
 
@@ -771,6 +782,17 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* While a body arrives: the silence timeout, or less when the whole-body deadline is nearer. */
+static void arm_body_timer(struct sy_http_conn *c)
+{
+    uint64_t ms = c->srv->limits.body_timeout_ms;
+    if (c->body_deadline) {
+        uint64_t now = uv_now(c->srv->loop);
+        ms = SY_MIN(ms, c->body_deadline > now ? c->body_deadline - now : 0);
+    }
+    conn_arm(c, TIMER_BODY, ms);
+}
+
 /* Parse what we can of <d>/<n>, dispatching a request when one completes (and stopping
  * there). Returns the number of bytes consumed. */
 static size_t conn_parse(struct sy_http_conn *c, const char *d, size_t n)
@@ -780,7 +802,7 @@ static size_t conn_parse(struct sy_http_conn *c, const char *d, size_t n)
     llhttp_errno_t e = llhttp_execute(&c->parser, d, n);
     if (e == HPE_OK) {
         if (c->state == CONN_BODY)
-            conn_arm(c, TIMER_BODY, c->srv->limits.body_timeout_ms);
+            arm_body_timer(c);
         return n;
     }
     if (e == HPE_PAUSED_UPGRADE) {
@@ -1079,7 +1101,10 @@ static void timer_cb(uv_timer_t *t)
         refuse(c, 408, "The request head did not arrive in time.");
         break;
     case TIMER_BODY:
-        refuse(c, 408, "The request body stalled.");
+        if (c->body_deadline && uv_now(c->srv->loop) >= c->body_deadline)
+            refuse(c, 408, "The request body did not arrive in time.");
+        else
+            refuse(c, 408, "The request body stalled.");
         break;
     case TIMER_IDLE:
     case TIMER_SEND:
@@ -1142,6 +1167,7 @@ void sy_http_limits_default(struct sy_http_limits *l)
         .body_timeout_ms = 30000,
         .idle_timeout_ms = 60000,
         .send_timeout_ms = 60000,
+        .body_total_timeout_ms = 120000,
     };
 }
 
@@ -1159,7 +1185,9 @@ void sy_http_server_init(struct sy_http_server *srv, uv_loop_t *loop,
         srv->id_prefix = (uint32_t)getpid() * 2654435761u;
 }
 
-int sy_http_server_start(struct sy_http_server *srv)
+/* Apart from sy_http_server_start so that the fuzz target (which includes this file) can parse
+ * without a listener. */
+static void parser_settings_init(void)
 {
     llhttp_settings_init(&parser_settings);
     parser_settings.on_message_begin = on_message_begin;
@@ -1169,6 +1197,11 @@ int sy_http_server_start(struct sy_http_server *srv)
     parser_settings.on_headers_complete = on_headers_complete;
     parser_settings.on_body = on_body;
     parser_settings.on_message_complete = on_message_complete;
+}
+
+int sy_http_server_start(struct sy_http_server *srv)
+{
+    parser_settings_init();
     return uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
 }
 

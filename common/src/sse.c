@@ -61,27 +61,29 @@ static inline size_t eol_len(const char *eol, const char *end)
 
 static const char bom[3] = {'\xef', '\xbb', '\xbf'};
 
-/* Skip a UTF-8 BOM and blank lines before an event. The BOM is honoured at the start of any
- * event, not only of the stream: the parser holds no "stream started" flag, and a BOM anywhere
- * else would be a malformed field name that is ignored anyway. Returns where the event's first
- * line starts; sets *<partial> when [s, end) ends with the beginning of a BOM, which must be
- * kept until the rest arrives. */
+/* Skip blank lines and UTF-8 BOMs before an event. A BOM is honoured at the start of any event,
+ * not only of the stream, and after blank lines as well as before them: the parser holds no
+ * "stream started" flag, and an event must come out the same whether or not the bytes before
+ * it arrived in the same chunk (a BOM anywhere else would be a malformed field name that is
+ * ignored anyway). Returns where the event's first line starts; sets *<partial> when [s, end)
+ * ends with the beginning of a BOM, which must be kept until the rest arrives. */
 static const char *skip_to_event(const char *s, const char *end, bool *partial)
 {
     *partial = false;
-    if (s < end && *s == bom[0]) {
+    for (;;) {
+        while (s < end && (*s == '\n' || *s == '\r'))
+            s++;
+        if (s == end || *s != bom[0])
+            return s;
         size_t n = SY_MIN((size_t)(end - s), sizeof(bom));
-        if (memcmp(s, bom, n) == 0) {
-            if (n < sizeof(bom)) {
-                *partial = true;
-                return s;
-            }
-            s += sizeof(bom);
+        if (memcmp(s, bom, n) != 0)
+            return s;
+        if (n < sizeof(bom)) {
+            *partial = true;
+            return s;
         }
+        s += sizeof(bom);
     }
-    while (s < end && (*s == '\n' || *s == '\r'))
-        s += eol_len(s, end);
-    return s;
 }
 
 static bool name_is(const char *name, size_t len, const char *lit, size_t lit_len)

@@ -470,7 +470,8 @@ uint32_t dp_estimate_tokens(const char *text, size_t len)
         ascii += c < 0x80;
         chars += c >= 0xC0; /* a lead byte: one non-ASCII character */
     }
-    return (ascii + 3) / 4 + chars;
+    uint32_t tokens = (ascii + 3) / 4 + chars;
+    return tokens || len == 0 ? tokens : 1; /* stray continuation bytes are still text */
 }
 
 static const double weights[DP_CFEAT_MAX] = {

@@ -22,8 +22,12 @@ struct dp_config {
     char *log_level;        /* SWITCHYARD_LOG_LEVEL, --log-level */
     size_t max_header_bytes; /* --max-header-bytes (65536): larger head -> 431 */
     size_t max_body_bytes;   /* SWITCHYARD_MAX_BODY, --max-body-bytes (8 MiB): larger -> 413 */
+    /* --max-upstream-body-bytes (64 MiB): a larger answer (not a stream) -> 502 */
+    size_t max_upstream_body_bytes;
     uint32_t header_timeout_ms; /* --header-timeout-ms (10000): whole request head must arrive */
     uint32_t body_timeout_ms;   /* --body-timeout-ms (30000): longest silence inside a body */
+    /* --body-total-timeout-ms (120000): the whole body must arrive; 0: no bound */
+    uint32_t body_total_timeout_ms;
     uint32_t idle_timeout_ms;   /* --idle-timeout-ms (60000): keep-alive connection idle */
     uint32_t send_timeout_ms;   /* --send-timeout-ms (60000): a client that reads nothing */
     uint32_t drain_timeout_ms;  /* --drain-timeout-ms (30000): SIGTERM grace for in-flight work */

@@ -49,8 +49,6 @@ static const struct {
 /* Anthropic requires max_tokens; a request translated to it without one gets this. */
 #define DEFAULT_MAX_TOKENS 4096
 
-/* Largest buffered (non-stream) upstream body we relay. */
-#define MAX_UPSTREAM_BODY (64u * 1024 * 1024)
 /* Largest single SSE event from upstream. */
 #define MAX_SSE_EVENT (4u * 1024 * 1024)
 
@@ -773,15 +771,16 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
 {
     struct proxy *p = ud;
     if (!p->sse) {
-        if (p->body.len + len > MAX_UPSTREAM_BODY) {
+        /* The answer is buffered (to translate it, to retry on a bad one): bounded. */
+        size_t max = p->w->cfg->max_upstream_body_bytes;
+        if (p->body.len + len > max) {
             dp_upstream_cancel(u);
             p->up = NULL;
             p->status = 502;
             attempt_end(p, DP_OUT_MALFORMED);
             proxy_release(p);
             api_error(p->req, 502, "upstream_error", "upstream_body_too_large", NULL,
-                               "The provider's response is larger than %u bytes.",
-                               MAX_UPSTREAM_BODY);
+                               "The provider's response is larger than %zu bytes.", max);
             return;
         }
         sy_buf_append(&p->body, data, len);
@@ -1352,7 +1351,7 @@ static void build_chain(struct proxy *p, uint32_t m)
 }
 
 /* What routing rules look at, read from the parsed body. */
-static void route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
+void dp__route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
 {
     json_t *msgs = json_object_get(root, "messages");
     json_t *tools = json_object_get(root, "tools");
@@ -1450,6 +1449,16 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
                       "The request body is empty; send a JSON object.");
         return;
     }
+    /* A raw NUL is never JSON (in a string it must be \u0000), but jansson skips one after a
+     * literal or a number ("false\0,"), which the rewrite then refuses (found by
+     * fuzz_json_request): refuse it here, saying why. */
+    const char *nul = memchr(req->body.data, '\0', req->body.len);
+    if (nul) {
+        api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
+                  "The request body is not valid JSON: a NUL byte at offset %zu.",
+                  (size_t)(nul - req->body.data));
+        return;
+    }
     json_error_t jerr;
     json_t *root = json_loadb(req->body.data, req->body.len, 0, &jerr);
     if (!root) {
@@ -1537,7 +1546,7 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     const struct sy_policy *pol = policy_of(m);
     /* The messages are walked only for routing rules; limits make do with the body's size. */
     if (pol->n_rules)
-        route_ctx_fill(&ctx, root);
+        dp__route_ctx_fill(&ctx, root);
     else
         ctx.est_tokens = (uint32_t)SY_MIN(req->body.len / 4, (size_t)UINT32_MAX);
     if (!jmax)

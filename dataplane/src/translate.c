@@ -205,9 +205,12 @@ static struct jv jv_of(const char *d, size_t n)
     return v;
 }
 
+/* A value cut out of the upstream's document goes into ours repaired: the scanner does not
+ * check what is inside strings, and a client's JSON parser would reject raw control characters
+ * or bytes that are not UTF-8 (found by the fuzz_translate_stream_* targets). */
 static inline void put_jv(struct sy_buf *b, struct jv v)
 {
-    sy_buf_append(b, v.p, (size_t)(v.e - v.p));
+    sy_buf_json_repair(b, v.p, (size_t)(v.e - v.p));
 }
 
 static void put_u64(struct sy_buf *b, uint64_t v)
@@ -359,6 +362,17 @@ static inline uint64_t usage_uncached(const struct dp_usage *u)
     return sat_sub(sat_sub(u->prompt_tokens, u->cached_tokens), u->cache_write_tokens);
 }
 
+/* A token count, saturated at 2^32 - 1: a larger one is the upstream's error (or malice), and
+ * passed on it would overflow the sums and costs we keep and leave the integer range of the
+ * client's JSON parser (found by fuzz_translate_stream_a2o). */
+static bool jv_count(struct jv v, uint64_t *out)
+{
+    if (!jv_u64(v, out))
+        return false;
+    *out = SY_MIN(*out, (uint64_t)UINT32_MAX);
+    return true;
+}
+
 static void usage_an(struct jv obj, struct dp_usage *u)
 {
     static const struct key k[] = {KEY("input_tokens"), KEY("output_tokens"),
@@ -369,13 +383,13 @@ static void usage_an(struct jv obj, struct dp_usage *u)
         return;
     uint64_t in = usage_uncached(u), x;
     bool any = false;
-    if (jv_u64(v[0], &x))
+    if (jv_count(v[0], &x))
         in = x, any = true;
-    if (jv_u64(v[2], &x))
+    if (jv_count(v[2], &x))
         u->cached_tokens = x, any = true;
-    if (jv_u64(v[3], &x))
+    if (jv_count(v[3], &x))
         u->cache_write_tokens = x, any = true;
-    if (jv_u64(v[1], &x))
+    if (jv_count(v[1], &x))
         u->completion_tokens = x, any = true;
     if (any) {
         u->prompt_tokens = in + u->cached_tokens + u->cache_write_tokens;
@@ -394,15 +408,15 @@ static void usage_oa(struct jv obj, struct dp_usage *u)
     uint64_t x;
     if (!obj_scan(obj, k, 5, v))
         return;
-    if (jv_u64(v[0], &x))
+    if (jv_count(v[0], &x))
         u->prompt_tokens = x, u->present = true;
-    if (jv_u64(v[1], &x))
+    if (jv_count(v[1], &x))
         u->completion_tokens = x, u->present = true;
-    if (obj_scan(v[2], kc, 1, &d) && jv_u64(d, &x))
+    if (obj_scan(v[2], kc, 1, &d) && jv_count(d, &x))
         u->cached_tokens = x;
-    else if (jv_u64(v[4], &x)) /* DeepSeek's spelling */
+    else if (jv_count(v[4], &x)) /* DeepSeek's spelling */
         u->cached_tokens = x;
-    if (obj_scan(v[3], kr, 1, &d) && jv_u64(d, &x))
+    if (obj_scan(v[3], kr, 1, &d) && jv_count(d, &x))
         u->reasoning_tokens = x;
 }
 

@@ -214,6 +214,7 @@ int dp_worker_run(const struct dp_config *c, int listen_fd, unsigned index, int 
         .body_timeout_ms = c->body_timeout_ms,
         .idle_timeout_ms = c->idle_timeout_ms,
         .send_timeout_ms = c->send_timeout_ms,
+        .body_total_timeout_ms = c->body_total_timeout_ms,
     };
     sy_http_server_init(&w->http, &w->loop, &limits);
     w->http.data = w;

@@ -157,3 +157,9 @@ void dp__proxy_request_done(struct sy_http_request *req);
 /** Handle a complete request (proxy.c). Must end it with sy_http_resp_end/abort/send/error, or
  * be told through on_abort that the client left. */
 void dp__handle_request(struct sy_http_request *req);
+
+struct json_t;
+/** Fill what routing rules read from the parsed request <root> (borrowed; <ctx> points into
+ * it): message and user-turn counts, tools, images, the last user text and the prompt token
+ * estimate. Exported for the fuzz target tests/fuzz/fuzz_json_request.c. */
+void dp__route_ctx_fill(struct dp_route_ctx *ctx, struct json_t *root);

@@ -78,6 +78,49 @@ static void test_json_str(void **state)
     sy_buf_free(&b);
 }
 
+/* Each byte that is not part of well-formed UTF-8 becomes U+FFFD (a cut sequence: one per
+ * byte); good multibyte text passes through. */
+static void test_json_str_invalid_utf8(void **state)
+{
+    struct sy_buf b = SY_BUF_INIT;
+    const char in[] = "a\xff b\xe2\x82 \xc3\xa9 \xed\xa0\x80 \xf0\x9f\x98\x80";
+    sy_buf_json_str(&b, in, sizeof(in) - 1);
+    assert_string_equal(b.data, "\"a\xef\xbf\xbd b\xef\xbf\xbd\xef\xbf\xbd \xc3\xa9 "
+                                "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xf0\x9f\x98\x80\"");
+    sy_buf_free(&b);
+}
+
+/* A value cut out of an upstream's document comes out as valid JSON: control characters in
+ * strings escaped, broken escapes and lone surrogates U+FFFD, bad bytes U+FFFD; a clean value
+ * is copied as it is. */
+static void test_json_repair(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"\"plain \\\"x\\\" \\u00e9 \\ud83d\\ude00\"",
+         "\"plain \\\"x\\\" \\u00e9 \\ud83d\\ude00\""},
+        {"\"a\x01"
+         "b\tc\"",
+         "\"a\\u0001b\\u0009c\""},
+        {"\"a\xff"
+         "b\"",
+         "\"a\xef\xbf\xbd"
+         "b\""},
+        {"\"\\ud800x\"", "\"\\ufffdx\""},
+        {"\"\\udc00\"", "\"\\ufffd\""},
+        {"\"\\u12\"", "\"\\ufffd12\""},
+        {"\"\\q\"", "\"\\ufffdq\""},
+        {"{\"k\":\"v\x02\",\"n\":[1,\"\xc3\"]}", "{\"k\":\"v\\u0002\",\"n\":[1,\"\xef\xbf\xbd\"]}"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sy_buf b = SY_BUF_INIT;
+        sy_buf_json_repair(&b, cases[i].in, strlen(cases[i].in));
+        assert_string_equal(b.data, cases[i].out);
+        sy_buf_free(&b);
+    }
+}
+
 static void test_consume(void **state)
 {
     struct sy_buf b = SY_BUF_INIT;
@@ -134,6 +177,8 @@ int main(void)
         cmocka_unit_test(test_reserve_fresh_buffer_is_empty_string),
         cmocka_unit_test(test_printf),
         cmocka_unit_test(test_json_str),
+        cmocka_unit_test(test_json_str_invalid_utf8),
+        cmocka_unit_test(test_json_repair),
         cmocka_unit_test(test_consume),
         cmocka_unit_test(test_reset_keeps_memory),
         cmocka_unit_test(test_steal),

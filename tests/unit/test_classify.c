@@ -51,6 +51,8 @@ static void test_estimate_tokens(void **state)
     assert_int_equal(dp_estimate_tokens("abcde", 5), 2);
     /* one token per CJK character, whatever its three bytes */
     assert_int_equal(dp_estimate_tokens("你好世界", strlen("你好世界")), 4);
+    /* continuation bytes alone (not UTF-8) are still a text (found by fuzz_json_request) */
+    assert_int_equal(dp_estimate_tokens("\x80\x80", 2), 1);
     assert_int_equal(dp_estimate_tokens("订单 123", strlen("订单 123")), 2 + 1);
     /* the classifier's own count agrees */
     struct dp_complexity_features why;

@@ -91,8 +91,10 @@ static void defaults_match_the_documented_ones(void **state)
     assert_string_equal(c.log_level, "info");
     assert_int_equal(c.max_header_bytes, 65536);
     assert_int_equal(c.max_body_bytes, 8 << 20);
+    assert_int_equal(c.max_upstream_body_bytes, 64 << 20);
     assert_int_equal(c.header_timeout_ms, 10000);
     assert_int_equal(c.body_timeout_ms, 30000);
+    assert_int_equal(c.body_total_timeout_ms, 120000);
     assert_int_equal(c.idle_timeout_ms, 60000);
     assert_int_equal(c.send_timeout_ms, 60000);
     assert_int_equal(c.drain_timeout_ms, 30000);
@@ -390,8 +392,10 @@ static void help_lists_every_flag_with_its_variable_and_default(void **state)
         "--log-level LEVEL",
         "--max-header-bytes BYTES",
         "--max-body-bytes BYTES",
+        "--max-upstream-body-bytes BYTES",
         "--header-timeout-ms MS",
         "--body-timeout-ms MS",
+        "--body-total-timeout-ms MS",
         "--idle-timeout-ms MS",
         "--send-timeout-ms MS",
         "--drain-timeout-ms MS",

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The HTTP/1.1 server as a client sees it over a real socket: status line, Content-Length and
  * x-request-id; keep-alive, pipelining answered in order; chunked request bodies and
- * Expect: 100-continue; the head and body limits (431, 413), malformed requests (400), the head
- * and idle timeouts; chunked response framing and resp_abort's truncated message; on_abort when
- * the client leaves mid-request; drain's Connection: close; query parameters.
+ * Expect: 100-continue; the head and body limits (431, 413), malformed requests (400), the head,
+ * whole-body and idle timeouts; chunked response framing and resp_abort's truncated message;
+ * on_abort when the client leaves mid-request; drain's Connection: close; query parameters.
  *
  * Each test runs the server on a libuv loop in the test thread and a blocking client script in a
  * helper thread. The script never asserts (cmocka cannot fail from another thread): it records
@@ -762,13 +762,20 @@ static void script_malformed(struct fx *f)
                          "Content-Length: 4\r\n\r\nabcd"));
     cl_read_all(f, fd, 2);
     close(fd);
+
+    /* a header without a name, which llhttp 8 lets through (found by fuzz_http_request) */
+    fd = cl_connect(f);
+    CHECK(f, fd != -1);
+    CHECK(f, cl_send(fd, "GET / HTTP/1.1\r\nHost: x\r\n: no-name\r\n\r\n"));
+    cl_read_all(f, fd, 3);
+    close(fd);
 }
 
 static void test_malformed_request_gets_400(void **state)
 {
     (void)state;
     run_client(script_malformed);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         assert_true(F.got_eof[i]);
         assert_int_equal(status_of(F.got[i]), 400);
         assert_string_equal(header_of(F.got[i], "Connection"), "close");
@@ -802,6 +809,34 @@ static void test_header_timeout_gets_408(void **state)
     assert_non_null(strstr(body_of(F.got[0]), "\"code\":\"request_timeout\""));
     assert_true(total >= HEADER_TIMEOUT_MS - 10);
     assert_true(total < HEADER_TIMEOUT_MS * 5 / 2);
+    assert_int_equal(F.n_requests, 0);
+}
+
+#define BODY_TOTAL_MS 250
+
+static void script_dribbled_body(struct fx *f)
+{
+    int fd = cl_connect(f);
+    CHECK(f, fd != -1);
+    CHECK(f, cl_send(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"));
+    /* A byte every third of the silence timeout never stalls; only the deadline ends it. */
+    for (int i = 0; i < 60 && cl_send(fd, "x"); i++)
+        sleep_ms(HEADER_TIMEOUT_MS / 3);
+    cl_read_all(f, fd, 0);
+    close(fd);
+}
+
+static void test_body_dribbled_gets_408_at_the_whole_body_deadline(void **state)
+{
+    (void)state;
+    F.srv.limits.body_total_timeout_ms = BODY_TOTAL_MS;
+    long t0 = now_ms();
+    run_client(script_dribbled_body);
+    long total = now_ms() - t0;
+    assert_true(F.got_eof[0]);
+    assert_int_equal(status_of(F.got[0]), 408);
+    assert_non_null(strstr(body_of(F.got[0]), "did not arrive in time"));
+    assert_true(total >= BODY_TOTAL_MS - 10);
     assert_int_equal(F.n_requests, 0);
 }
 
@@ -998,6 +1033,7 @@ int main(void)
         T(test_body_over_limit_by_chunks_gets_413),
         T(test_malformed_request_gets_400),
         T(test_header_timeout_gets_408),
+        T(test_body_dribbled_gets_408_at_the_whole_body_deadline),
         T(test_idle_keep_alive_closed_after_idle_timeout),
         T(test_chunked_response_is_framed),
         T(test_resp_abort_leaves_message_unfinished_and_closes),

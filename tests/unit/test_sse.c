@@ -401,6 +401,9 @@ static const char *const split_sources[] = {
     ": c\n\nevent: x\nid: 42\ndata: a\ndata: b\n\n\n\ndata\n\n",
     "\xef\xbb\xbf"
     "data: bom\n\nid\nretry: 3\n\n",
+    /* a BOM after blank lines: skipped whether or not the blank lines came in the same feed
+     * (found by fuzz_sse) */
+    "data: a\n\n\n\xef\xbb\xbf\n\ndata: b\n\n",
 };
 
 /* Every stream, in every line-ending style, split at every offset into two feeds, gives what

@@ -610,6 +610,16 @@ static void test_usage_from_json(void **state)
     dp_usage_from_json(DP_API_OPENAI, "{\"usage\":{\"prompt_tokens\":", 26, &z);
     dp_usage_from_json(DP_API_ANTHROPIC, "[DONE]", 6, &z);
     assert_false(z.present);
+    /* absurd counts saturate at 2^32 - 1, so sums and costs cannot overflow (fuzz_translate) */
+    struct dp_usage big = {0};
+    const char *huge = "{\"usage\":{\"input_tokens\":15399551061658872462,"
+                       "\"output_tokens\":18446744073709551615,"
+                       "\"cache_read_input_tokens\":99999999999}}";
+    dp_usage_from_json(DP_API_ANTHROPIC, huge, strlen(huge), &big);
+    assert_true(big.present);
+    assert_int_equal(big.completion_tokens, UINT32_MAX);
+    assert_int_equal(big.cached_tokens, UINT32_MAX);
+    assert_int_equal(big.prompt_tokens, 2ull * UINT32_MAX);
 
     /* Anthropic -> OpenAI JSON: prompt_tokens counts cache reads and writes */
     json_t *r = tr_resp(DP_API_ANTHROPIC, DP_API_OPENAI,

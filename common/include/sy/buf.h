@@ -27,8 +27,16 @@ void sy_buf_cat(struct sy_buf *b, ...) __attribute__((sentinel));
 /** Append printf-formatted text. */
 void sy_buf_printf(struct sy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sy_buf_vprintf(struct sy_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-/** Append <s>/<n> as a JSON string literal, quotes included. */
+/** Append <s>/<n> as a JSON string literal, quotes included. Bytes that are not well-formed
+ * UTF-8 become U+FFFD, so the result is valid JSON whatever <s> holds (an upstream's text, a
+ * parser's complaint quoting the client's bytes). */
 void sy_buf_json_str(struct sy_buf *b, const char *s, size_t n);
+/** Append the JSON value <p>/<n> (borrowed), cut out of an untrusted document by a scanner that
+ * does not check everything, repaired so that it can go into a document of ours: inside its
+ * strings, raw control characters become \u escapes, invalid escapes and lone surrogates
+ * U+FFFD; everywhere, bytes that are not well-formed UTF-8 become U+FFFD. A value that needs
+ * no repair (the usual case) is copied as it is. */
+void sy_buf_json_repair(struct sy_buf *b, const char *p, size_t n);
 /** Drop the first <n> bytes, moving the rest down. */
 void sy_buf_consume(struct sy_buf *b, size_t n);
 /** Forget the contents, keep the memory. */

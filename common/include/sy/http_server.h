@@ -36,6 +36,9 @@ struct sy_http_limits {
     uint32_t body_timeout_ms;   /* longest silence inside a body -> 408 */
     uint32_t idle_timeout_ms;   /* keep-alive connection idle between requests -> closed */
     uint32_t send_timeout_ms;   /* a client that reads nothing for this long -> closed */
+    /* the whole body must arrive within this -> 408 (a body dribbled a byte at a time never
+     * stalls); 0: no bound */
+    uint32_t body_total_timeout_ms;
 };
 
 /** A complete request, to be answered with sy_http_resp_*. */
@@ -116,7 +119,8 @@ struct sy_http_request {
     uint64_t capture_total;
 };
 
-/** The defaults: 64 KiB head, 8 MiB body, 10 s head, 30 s body, 60 s idle, 60 s send. */
+/** The defaults: 64 KiB head, 8 MiB body, 10 s head, 30 s body silence, 120 s whole body,
+ * 60 s idle, 60 s send. */
 void sy_http_limits_default(struct sy_http_limits *l);
 
 /** Prepare <s> on <loop>; the caller then fills the callbacks and binds s->listener (with

@@ -56,5 +56,10 @@ static inline uint64_t sy_now_ms(void)
 /** Case-insensitive comparison of a counted string <s>/<n> with a NUL-terminated <lit>. */
 bool sy_strcaseeq(const char *s, size_t n, const char *lit);
 
+/** Length (1 to 4) of the well-formed UTF-8 sequence that starts <s>/<n> (<n> > 0), or 0 when
+ * it does not start with one (RFC 3629: no overlong forms, no surrogates, nothing above
+ * U+10FFFF, no sequence cut short by the end). */
+size_t sy_utf8_seq(const char *s, size_t n);
+
 /** Parse a decimal unsigned integer from <s>/<n> into <out>; false on junk or overflow. */
 bool sy_parse_u64(const char *s, size_t n, uint64_t *out);

@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Translation of an upstream's stream, Anthropic to OpenAI, event by event (see fuzz_translate.h).
+ */
+#include "fuzz_translate.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fuzz_tr_stream(DP_API_ANTHROPIC, DP_API_OPENAI, data, size);
+    return 0;
+}
