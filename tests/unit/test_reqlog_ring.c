@@ -41,6 +41,7 @@ static struct sy_shm *ring(const char *path, uint32_t cells)
     char *err = NULL;
     if (sy_shm_create(path, &caps, &shm, &err) != 0)
         fail_msg("create: %s", err ? err : "?");
+    unlink(path); /* mapped already (and inherited by forks): a failing test leaves no file */
     return shm;
 }
 
