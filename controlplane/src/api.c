@@ -379,6 +379,73 @@ void cp_call_on_written(struct cp_call *c, const PGresult *res, const char *err)
     cp_call_doc_result(c, c->req->method == HTTP_POST ? 201 : 200, res);
 }
 
+/* ---- the update flow ------------------------------------------------------------------------ */
+
+/* What an update keeps between starting and reading the item: PUT or PATCH. */
+#define UPDATE_REPLACE ((void *)1)
+
+static void free_json_state(void *p)
+{
+    json_decref(p);
+}
+
+void cp_call_update_read(struct cp_call *c, bool replace, const char *sql, const char *item,
+                         cp_call_result_cb cb)
+{
+    if (!item) {
+        cp_call_not_found(c);
+        return;
+    }
+    c->state = replace ? UPDATE_REPLACE : NULL;
+    const char *p[] = {item};
+    cp_call_query(c, sql, 1, p, cb);
+}
+
+json_t *cp_call_update_doc(struct cp_call *c, const PGresult *res, const char *err,
+                           const char *const *deep, bool add_name, int64_t *version)
+{
+    if (err) {
+        cp_call_db_failed(c, res, err);
+        return NULL;
+    }
+    if (PQntuples(res) == 0) {
+        cp_call_not_found(c);
+        return NULL;
+    }
+    bool replace = c->state == UPDATE_REPLACE;
+    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    if (!doc) {
+        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the %s",
+                      c->res->kind);
+        return NULL;
+    }
+    cp_json_merge(doc, c->body, deep);
+    if (add_name && !json_object_get(doc, "name"))
+        json_object_set_new(doc, "name", json_string(c->name));
+    *version = c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1));
+    c->state = doc; /* the strings a write's parameters borrow point into it */
+    c->free_state = free_json_state;
+    return doc;
+}
+
+void cp_call_on_updated(struct cp_call *c, const PGresult *res, const char *err)
+{
+    if (err) {
+        cp_call_db_failed(c, res, err);
+        return;
+    }
+    if (!PQgetisnull(res, 0, 0)) {
+        cp_call_doc_result(c, 200, res);
+    } else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
+        cp_call_not_found(c);
+    } else {
+        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
+                      "%s \"%s\" was changed by someone else (its version is no longer the one "
+                      "given); fetch it again and retry",
+                      c->res->kind, c->name);
+    }
+}
+
 void cp_call_on_removed(struct cp_call *c, const PGresult *res, const char *err)
 {
     if (err) {

@@ -21,8 +21,8 @@ struct cp_call;
 
 /** Handlers of one resource; NULL means the method is not allowed (405). */
 struct cp_resource {
-    const char *name; /* path segment: "providers" */
-    const char *kind; /* singular for messages: "provider" */
+    const char *name;          /* path segment: "providers" */
+    const char *kind;          /* singular for messages: "provider" */
     const char *referrers;     /* "is still used by deployments": a refused delete's message */
     const char *referrers_fix; /* ...and what to do: "delete or move them first" */
     void (*list)(struct cp_call *c);
@@ -91,6 +91,30 @@ void cp_call_on_doc(struct cp_call *c, const PGresult *res, const char *err);
 void cp_call_on_page(struct cp_call *c, const PGresult *res, const char *err);
 /** Answer a written row's document: 201 after a POST, 200 after a PUT or PATCH. */
 void cp_call_on_written(struct cp_call *c, const PGresult *res, const char *err);
+
+/* The update flow every resource shares: PUT replaces the item, PATCH merges the body into it;
+ * the result is validated as a whole and written only if the row still has the version that
+ * was read (or the one the client named in If-Match).
+ *
+ *     update(c, replace) -> cp_call_update_read(c, replace, "SELECT <doc>, version ...", id, cb)
+ *     cb(c, res, err)    -> doc = cp_call_update_doc(...); validate(doc); write it with
+ *                           "... WHERE <item> AND version = <version> RETURNING doc, version",
+ *                           answering the row (doc, version, exists) with cp_call_on_updated */
+
+/** Start an update: run <sql> with the one parameter <item> (the name or id in the URL; NULL:
+ * the item cannot exist, answered 404) to read the item's (doc, version); <cb> continues. */
+void cp_call_update_read(struct cp_call *c, bool replace, const char *sql, const char *item,
+                         cp_call_result_cb cb);
+/** In the callback of cp_call_update_read(): the document to validate (the call's: freed with
+ * it) and in *<version> the version to write against; or NULL after answering (the query
+ * failed, or no row: 404). PATCH merges the body into the stored document (<deep> as for
+ * cp_json_merge()), PUT takes the body alone; with <add_name> the item's name is set as "name"
+ * when the document has none. */
+json_t *cp_call_update_doc(struct cp_call *c, const PGresult *res, const char *err,
+                           const char *const *deep, bool add_name, int64_t *version);
+/** Answer the write of an update whose statement returned one row (doc, version, exists): the
+ * document (200); 404 when the item is gone; 412 when its version moved. */
+void cp_call_on_updated(struct cp_call *c, const PGresult *res, const char *err);
 
 /** Answer a delete whose query returned one row (existed: count, referrers: names or NULL,
  * deleted: count): 404, 409 naming the referrers (with the resource's referrers phrases), 412

@@ -25,11 +25,6 @@
 
 #define MAX_RULE_CHANNELS 16
 
-static void free_json(void *p)
-{
-    json_decref(p);
-}
-
 /* ============================================================================================
  * Channels
  * ========================================================================================== */
@@ -209,47 +204,13 @@ static void channel_create(struct cp_call *c)
     channel_row_free(&r);
 }
 
-static void channel_on_updated(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    if (!PQgetisnull(res, 0, 0)) {
-        cp_call_doc_result(c, 200, res);
-    } else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
-        cp_call_not_found(c);
-    } else {
-        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
-                      "alert channel \"%s\" was changed by someone else (its version is no "
-                      "longer the one given); fetch it again and retry",
-                      c->name);
-    }
-}
-
 static void channel_on_update_read(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
+    int64_t version;
+    json_t *doc = cp_call_update_doc(c, res, err, NULL, true, &version);
+    if (!doc)
         return;
-    }
-    if (PQntuples(res) == 0) {
-        cp_call_not_found(c);
-        return;
-    }
-    bool replace = c->state != NULL;
-    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the channel");
-        return;
-    }
-    cp_json_merge(doc, c->body, NULL);
-    json_object_del(doc, "secret");
-    if (!json_object_get(doc, "name"))
-        json_object_set_new(doc, "name", json_string(c->name));
-    c->state = doc;
-    c->free_state = free_json;
-    int64_t version = c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1));
+    json_object_del(doc, "secret"); /* write-only: channel_validate() reads it from the body */
     struct channel_row r;
     if (!channel_validate(c, doc, &r)) {
         channel_row_free(&r);
@@ -269,18 +230,16 @@ static void channel_on_update_read(struct cp_call *c, const PGresult *res, const
                   "  RETURNING alert_channel_doc(ch) AS doc, ch.version)"
                   " SELECT (SELECT doc FROM u), (SELECT version FROM u),"
                   " EXISTS (SELECT 1 FROM alert_channels WHERE name = $9)",
-                  10, p, channel_on_updated);
+                  10, p, cp_call_on_updated);
     channel_row_free(&r);
 }
 
 static void channel_update(struct cp_call *c, bool replace)
 {
-    const char *p[] = {c->name};
-    c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c,
-                  "SELECT alert_channel_doc(ch), ch.version FROM alert_channels ch"
-                  " WHERE ch.name = $1",
-                  1, p, channel_on_update_read);
+    cp_call_update_read(c, replace,
+                        "SELECT alert_channel_doc(ch), ch.version FROM alert_channels ch"
+                        " WHERE ch.name = $1",
+                        c->name, channel_on_update_read);
 }
 
 static void channel_remove(struct cp_call *c)
@@ -502,34 +461,18 @@ static void rule_create(struct cp_call *c)
 
 static void rule_on_update_read(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
+    int64_t version;
+    json_t *doc = cp_call_update_doc(c, res, err, NULL, true, &version);
+    if (!doc)
         return;
-    }
-    if (PQntuples(res) == 0) {
-        cp_call_not_found(c);
-        return;
-    }
-    bool replace = c->state != NULL;
-    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the rule");
-        return;
-    }
-    cp_json_merge(doc, c->body, NULL);
-    if (!json_object_get(doc, "name"))
-        json_object_set_new(doc, "name", json_string(c->name));
-    c->state = doc;
-    c->free_state = free_json;
-    rule_write(c, doc, c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1)));
+    rule_write(c, doc, version);
 }
 
 static void rule_update(struct cp_call *c, bool replace)
 {
-    const char *p[] = {c->name};
-    c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c, "SELECT alert_rule_doc(r), r.version FROM alert_rules r WHERE r.name = $1", 1,
-                  p, rule_on_update_read);
+    cp_call_update_read(c, replace,
+                        "SELECT alert_rule_doc(r), r.version FROM alert_rules r WHERE r.name = $1",
+                        c->name, rule_on_update_read);
 }
 
 static void rule_remove(struct cp_call *c)

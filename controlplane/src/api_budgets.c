@@ -40,11 +40,6 @@ struct budget_row {
     char amount[48], soft[24], subject[24];
 };
 
-static void free_json(void *p)
-{
-    json_decref(p);
-}
-
 /* Validate <doc> (the merged document) into <r>; answers 400 and returns false on a problem. */
 static bool validate(struct cp_call *c, json_t *doc, struct budget_row *r)
 {
@@ -234,21 +229,9 @@ static void create(struct cp_call *c)
 
 static void on_updated(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    cp__budget_kick(c->cp);
-    if (!PQgetisnull(res, 0, 0)) {
-        cp_call_doc_result(c, 200, res);
-    } else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
-        cp_call_not_found(c);
-    } else {
-        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
-                      "budget \"%s\" was changed by someone else (its version is no longer the "
-                      "one given); fetch it again and retry",
-                      c->name);
-    }
+    if (!err)
+        cp__budget_kick(c->cp);
+    cp_call_on_updated(c, res, err);
 }
 
 /* An update reads the current document, merges (PATCH) or replaces (PUT) it with the body,
@@ -257,26 +240,10 @@ static void on_updated(struct cp_call *c, const PGresult *res, const char *err)
  * table is published with it, and the data plane compares the spend with the new amount. */
 static void on_update_read(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
+    int64_t version;
+    json_t *doc = cp_call_update_doc(c, res, err, NULL, true, &version);
+    if (!doc)
         return;
-    }
-    if (PQntuples(res) == 0) {
-        cp_call_not_found(c);
-        return;
-    }
-    bool replace = c->state != NULL;
-    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the budget");
-        return;
-    }
-    cp_json_merge(doc, c->body, NULL);
-    if (!json_object_get(doc, "name"))
-        json_object_set_new(doc, "name", json_string(c->name));
-    int64_t version = c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1));
-    c->state = doc; /* the strings of the parameters point into it */
-    c->free_state = free_json;
     struct budget_row r;
     if (!validate(c, doc, &r))
         return;
@@ -297,10 +264,9 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
 
 static void update(struct cp_call *c, bool replace)
 {
-    const char *p[] = {c->name};
-    c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c, "SELECT budget_doc(b), b.version FROM budgets b WHERE b.name = $1", 1, p,
-                  on_update_read);
+    cp_call_update_read(c, replace,
+                        "SELECT budget_doc(b), b.version FROM budgets b WHERE b.name = $1", c->name,
+                        on_update_read);
 }
 
 static void on_removed(struct cp_call *c, const PGresult *res, const char *err)

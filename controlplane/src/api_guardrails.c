@@ -39,11 +39,6 @@ static const char *const nested[] = {"applies_to", "input", "output", "limits", 
 
 static const char *const spec_parts[] = {"applies_to", "input", "output", "limits"};
 
-static void free_json(void *p)
-{
-    json_decref(p);
-}
-
 /* Compile each regex of <side> (the "input" or "output" object) as the data plane does; answers
  * 400 naming the first that fails. */
 static bool regexes_compile(struct cp_call *c, const char *side_name, json_t *side)
@@ -171,49 +166,15 @@ static void create(struct cp_call *c)
     json_decref(row);
 }
 
-static void on_updated(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    if (!PQgetisnull(res, 0, 0)) {
-        cp_call_doc_result(c, 200, res);
-    } else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
-        cp_call_not_found(c);
-    } else {
-        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
-                      "guardrail \"%s\" was changed by someone else (its version is no longer "
-                      "the one given); fetch it again and retry",
-                      c->name);
-    }
-}
-
 /* An update reads the current document, merges (PATCH) or replaces (PUT) it with the body,
  * validates the result, and writes it only if the guardrail still has the version that was
  * read (or the one the client named in If-Match). */
 static void on_update_read(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
+    int64_t version;
+    json_t *doc = cp_call_update_doc(c, res, err, nested, true, &version);
+    if (!doc)
         return;
-    }
-    if (PQntuples(res) == 0) {
-        cp_call_not_found(c);
-        return;
-    }
-    bool replace = c->state != NULL;
-    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the guardrail");
-        return;
-    }
-    cp_json_merge(doc, c->body, nested);
-    if (!json_object_get(doc, "name"))
-        json_object_set_new(doc, "name", json_string(c->name));
-    int64_t version = c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1));
-    c->state = doc;
-    c->free_state = free_json;
     json_t *row = validate(c, doc);
     if (!row)
         return;
@@ -229,17 +190,16 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
                   "  RETURNING guardrail_doc(g) AS doc, g.version)"
                   " SELECT (SELECT doc FROM u), (SELECT version FROM u),"
                   " EXISTS (SELECT 1 FROM guardrails WHERE name = $5)",
-                  6, p, on_updated); /* copies the parameters */
+                  6, p, cp_call_on_updated); /* copies the parameters */
     free(spec);
     json_decref(row);
 }
 
 static void update(struct cp_call *c, bool replace)
 {
-    const char *p[] = {c->name};
-    c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c, "SELECT guardrail_doc(g), g.version FROM guardrails g WHERE g.name = $1", 1, p,
-                  on_update_read);
+    cp_call_update_read(c, replace,
+                        "SELECT guardrail_doc(g), g.version FROM guardrails g WHERE g.name = $1",
+                        c->name, on_update_read);
 }
 
 static void remove_(struct cp_call *c)

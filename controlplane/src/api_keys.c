@@ -154,11 +154,6 @@ static void free_new_key(void *p)
     cp_crypto_free_secret(p, sizeof(struct new_key));
 }
 
-static void free_json(void *p)
-{
-    json_decref(p);
-}
-
 /* The key id in the URL: a positive decimal number, or NULL (the item cannot exist). */
 static const char *item_id(struct cp_call *c)
 {
@@ -373,48 +368,16 @@ static void create(struct cp_call *c)
     key_row_free(&r);
 }
 
-static void on_updated(struct cp_call *c, const PGresult *res, const char *err)
-{
-    if (err) {
-        cp_call_db_failed(c, res, err);
-        return;
-    }
-    if (!PQgetisnull(res, 0, 0)) {
-        cp_call_doc_result(c, 200, res);
-    } else if (strcmp(PQgetvalue(res, 0, 2), "t") != 0) {
-        cp_call_not_found(c);
-    } else {
-        cp_call_error(c, 412, "precondition_failed", "version_mismatch", "version",
-                      "key %s was changed by someone else (its version is no longer the one "
-                      "given); fetch it again and retry",
-                      c->name);
-    }
-}
-
 /* An update reads the current document, merges (PATCH: limits member by member) or replaces
  * (PUT) it with the body, validates the result, and writes it only if the row still has the
  * version that was read (or the one the client named in If-Match). PATCH {"revoked": true}
  * revokes a key. */
 static void on_update_read(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
+    int64_t version;
+    json_t *doc = cp_call_update_doc(c, res, err, nested, false, &version);
+    if (!doc)
         return;
-    }
-    if (PQntuples(res) == 0) {
-        cp_call_not_found(c);
-        return;
-    }
-    bool replace = c->state != NULL;
-    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the key");
-        return;
-    }
-    cp_json_merge(doc, c->body, nested);
-    int64_t version = c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1));
-    c->state = doc; /* the strings of the parameters point into it */
-    c->free_state = free_json;
     struct key_row r;
     if (!validate(c, doc, &r)) {
         key_row_free(&r);
@@ -437,20 +400,15 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
                   "  RETURNING api_key_doc(k) AS doc, k.version)"
                   " SELECT (SELECT doc FROM u), (SELECT version FROM u),"
                   " EXISTS (SELECT 1 FROM api_keys WHERE id = $11::bigint)",
-                  N_PARAMS + 3, p, on_updated);
+                  N_PARAMS + 3, p, cp_call_on_updated);
     key_row_free(&r);
 }
 
 static void update(struct cp_call *c, bool replace)
 {
-    const char *p[] = {item_id(c)};
-    if (!p[0]) {
-        cp_call_not_found(c);
-        return;
-    }
-    c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c, "SELECT api_key_doc(k), k.version FROM api_keys k WHERE k.id = $1::bigint", 1,
-                  p, on_update_read);
+    cp_call_update_read(c, replace,
+                        "SELECT api_key_doc(k), k.version FROM api_keys k WHERE k.id = $1::bigint",
+                        item_id(c), on_update_read);
 }
 
 static void on_removed(struct cp_call *c, const PGresult *res, const char *err)

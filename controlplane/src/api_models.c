@@ -31,11 +31,6 @@ static const char *const fields[] = {
     "id", "object", "slot", "version", "created_at", "updated_at", NULL};
 static const char *const target_fields[] = {"deployment", "weight", NULL};
 
-static void free_json(void *p)
-{
-    json_decref(p);
-}
-
 /* A public model name: 1..128 characters, no spaces or control characters (as the column). */
 static bool model_name_ok(struct cp_call *c, json_t *obj, const char *key, const char **out)
 {
@@ -221,26 +216,10 @@ static void create(struct cp_call *c)
  * the model still has the version that was read (or the one the client named in If-Match). */
 static void on_update_read(struct cp_call *c, const PGresult *res, const char *err)
 {
-    if (err) {
-        cp_call_db_failed(c, res, err);
+    int64_t version;
+    json_t *doc = cp_call_update_doc(c, res, err, NULL, true, &version);
+    if (!doc)
         return;
-    }
-    if (PQntuples(res) == 0) {
-        cp_call_not_found(c);
-        return;
-    }
-    bool replace = c->state != NULL;
-    json_t *doc = replace ? json_object() : json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-    if (!doc) {
-        cp_call_error(c, 500, "server_error", "internal_error", NULL, "cannot read the model");
-        return;
-    }
-    cp_json_merge(doc, c->body, NULL);
-    if (!json_object_get(doc, "name"))
-        json_object_set_new(doc, "name", json_string(c->name));
-    int64_t version = c->if_match >= 0 ? c->if_match : atoll(PQgetvalue(res, 0, 1));
-    c->state = doc;
-    c->free_state = free_json;
     json_t *clean = validate(c, doc);
     if (clean)
         write_model(c, c->name, version, clean);
@@ -248,10 +227,9 @@ static void on_update_read(struct cp_call *c, const PGresult *res, const char *e
 
 static void update(struct cp_call *c, bool replace)
 {
-    const char *p[] = {c->name};
-    c->state = replace ? (void *)1 : NULL;
-    cp_call_query(c, "SELECT model_doc(m), m.version FROM models m WHERE m.name = $1", 1, p,
-                  on_update_read);
+    cp_call_update_read(c, replace,
+                        "SELECT model_doc(m), m.version FROM models m WHERE m.name = $1", c->name,
+                        on_update_read);
 }
 
 /* Its targets go with it (ON DELETE CASCADE), in the same statement. */
