@@ -108,8 +108,8 @@ struct wreq {
 #define BACKPRESSURE_MARK (16u * 1024)
 /* Bytes of pipelined input held before we stop reading the socket. */
 #define MAX_BUFFERED_INPUT (256u * 1024)
-#define MAX_HEADERS 256
-#define LINGER_MS 2000
+#define MAX_HEADERS        256
+#define LINGER_MS          2000
 
 static llhttp_settings_t parser_settings;
 
@@ -145,32 +145,58 @@ static void conn_arm(struct sy_http_conn *c, enum conn_timer kind, uint64_t ms);
 static const char *status_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
     }
 }
 
@@ -431,8 +457,8 @@ void sy_http_resp_abort(struct sy_http_request *req)
     request_finish(c);
 }
 
-void sy_http_resp_send(struct sy_http_request *req, int status, const char *content_type, const char *extra,
-                  const char *body, size_t len)
+void sy_http_resp_send(struct sy_http_request *req, int status, const char *content_type,
+                       const char *extra, const char *body, size_t len)
 {
     struct sy_http_conn *c = req->conn;
     struct sy_http_resp_head h = {
@@ -715,7 +741,8 @@ static int on_headers_complete(llhttp_t *p)
 
     /* The head buffer is complete and will not move again: point into it. */
     req->method = (llhttp_method_t)p->method;
-    req->headers = sy_arena_alloc(&req->arena, (c->n_spans ? c->n_spans : 1) * sizeof(*req->headers));
+    req->headers =
+        sy_arena_alloc(&req->arena, (c->n_spans ? c->n_spans : 1) * sizeof(*req->headers));
     for (size_t i = 0; i < c->n_spans; i++) {
         struct hdr_span *s = &c->spans[i];
         if (s->name_len == 0) {
@@ -821,7 +848,8 @@ static size_t conn_parse(struct sy_http_conn *c, const char *d, size_t n)
         refuse(c, c->err_status, c->err_msg);
     } else {
         char msg[256];
-        snprintf(msg, sizeof(msg), "Malformed HTTP request: %s.", llhttp_get_error_reason(&c->parser));
+        snprintf(msg, sizeof(msg), "Malformed HTTP request: %s.",
+                 llhttp_get_error_reason(&c->parser));
         refuse(c, e == HPE_INVALID_VERSION ? 505 : 400, msg);
     }
     return n;
@@ -1125,7 +1153,8 @@ static void conn_arm(struct sy_http_conn *c, enum conn_timer kind, uint64_t ms)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    struct sy_http_server *srv = SY_CONTAINER_OF((uv_tcp_t *)server, struct sy_http_server, listener);
+    struct sy_http_server *srv =
+        SY_CONTAINER_OF((uv_tcp_t *)server, struct sy_http_server, listener);
     if (status < 0) {
         sy_log(SY_LOG_WARN, "server", "accept failed: %s", uv_strerror(status));
         return;

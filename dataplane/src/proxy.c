@@ -75,13 +75,13 @@ struct proxy {
     const struct sy_table *t;
     const struct sy_key *key; /* the client key, NULL when the table requires none */
     enum endpoint ep;
-    enum dp_api api;   /* the client's */
+    enum dp_api api;    /* the client's */
     enum dp_api up_api; /* the current attempt's deployment's */
     bool stream;
-    bool client_usage; /* the client asked for the usage chunk itself */
-    json_t *root;      /* the parsed request, for translating it to another format */
-    const char *client_model; /* the model the client asked for (arena) */
-    uint32_t est_cost_tokens; /* estimated prompt tokens plus max_tokens, for TPM limits */
+    bool client_usage;             /* the client asked for the usage chunk itself */
+    json_t *root;                  /* the parsed request, for translating it to another format */
+    const char *client_model;      /* the model the client asked for (arena) */
+    uint32_t est_cost_tokens;      /* estimated prompt tokens plus max_tokens, for TPM limits */
     struct dp_key_grant key_grant; /* what the client key's limiters gave, settled at the end */
     uint32_t timeout_override_ms;
 
@@ -150,8 +150,7 @@ static void next_attempt(struct proxy *p);
 static void attempt_end(struct proxy *p, enum dp_outcome o);
 static void after_failure(struct proxy *p, enum dp_outcome o, enum dp_upstream_error err,
                           const char *detail);
-static void attempt_failed_or_cut(struct proxy *p, enum dp_upstream_error err,
-                                  const char *detail);
+static void attempt_failed_or_cut(struct proxy *p, enum dp_upstream_error err, const char *detail);
 static void restore_last(struct proxy *p);
 static void fall_back(struct proxy *p, const char *why);
 static void retry_timer_closed(uv_handle_t *h);
@@ -186,8 +185,7 @@ api_error_h(struct sy_http_request *req, const char *extra, int status, const ch
     if (req_api(req) == DP_API_ANTHROPIC) {
         /* Anthropic's error type follows the status (authentication_error for 401,
          * rate_limit_error for 429...); OpenAI's types mean other things there. */
-        dp_tr_gateway_error(DP_API_ANTHROPIC, status, status == 400 ? type : NULL, code, msg,
-                            &b);
+        dp_tr_gateway_error(DP_API_ANTHROPIC, status, status == 400 ? type : NULL, code, msg, &b);
     } else {
         sy_http_error_json(&b, type, code, param, msg);
     }
@@ -266,9 +264,9 @@ static bool authenticate(struct sy_http_request *req, const struct sy_key **out)
     const char *key = presented_key(req, &len);
     if (key == NULL) {
         api_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
-                           "You didn't provide an API key. You need to provide your API key in "
-                           "an Authorization header using Bearer auth (i.e. Authorization: "
-                           "Bearer YOUR_KEY), or in an x-api-key header.");
+                  "You didn't provide an API key. You need to provide your API key in "
+                  "an Authorization header using Bearer auth (i.e. Authorization: "
+                  "Bearer YOUR_KEY), or in an x-api-key header.");
         return false;
     }
     SY_REQUIRE(EVP_Digest(key, len, hash, &hash_len, EVP_sha256(), NULL) == 1 &&
@@ -288,8 +286,7 @@ static bool authenticate(struct sy_http_request *req, const struct sy_key **out)
         shown[n] = '\0';
     }
     api_error(req, 401, "invalid_request_error", "invalid_api_key", NULL,
-                       "Incorrect API key provided: %s\u2026%s", shown,
-                       k ? " This key has expired." : "");
+              "Incorrect API key provided: %s\u2026%s", shown, k ? " This key has expired." : "");
     return false;
 }
 
@@ -300,7 +297,7 @@ static bool key_allows(struct sy_http_request *req, const struct sy_key *k, cons
     if (k == NULL || sy_key_allows_model(k, model, len))
         return true;
     api_error(req, 403, "permission_denied", "model_not_allowed", "model",
-                       "This API key is not allowed to use the model `%.*s`.", (int)len, model);
+              "This API key is not allowed to use the model `%.*s`.", (int)len, model);
     return false;
 }
 
@@ -407,11 +404,18 @@ static const struct sy_policy *policy_of(const struct sy_model *m)
     /* A table from before policies, or a model without one: the documented defaults. */
     static const struct sy_policy dflt = {
         .balance = SY_BALANCE_WEIGHTED,
-        .retry = {.attempts = 2, .backoff_ms = 100, .max_backoff_ms = 2000,
-                  .retry_after_cap_ms = 5000, .budget_percent = 20,
+        .retry = {.attempts = 2,
+                  .backoff_ms = 100,
+                  .max_backoff_ms = 2000,
+                  .retry_after_cap_ms = 5000,
+                  .budget_percent = 20,
                   .triggers = SY_TRIGGER_DEFAULT | SY_TRIGGER_MALFORMED},
-        .circuit = {.window_ms = 30000, .min_requests = 20, .error_percent = 50,
-                    .consecutive = 5, .cooldown_ms = 30000, .half_open_probes = 1},
+        .circuit = {.window_ms = 30000,
+                    .min_requests = 20,
+                    .error_percent = 50,
+                    .consecutive = 5,
+                    .cooldown_ms = 30000,
+                    .half_open_probes = 1},
         .fallback_triggers = SY_TRIGGER_DEFAULT | SY_TRIGGER_MALFORMED,
         .shed_percent = 80,
     };
@@ -471,10 +475,22 @@ static void proxy_drain(struct sy_http_request *req)
 static bool hop_header(const char *name, size_t len)
 {
     static const char *const skip[] = {
-        "connection", "keep-alive",   "transfer-encoding", "content-length", "content-type",
-        "date",       "server",       "te",                "trailer",        "upgrade",
-        "set-cookie", "x-request-id", "proxy-connection",  "proxy-authenticate",
-        "alt-svc",    "strict-transport-security",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-type",
+        "date",
+        "server",
+        "te",
+        "trailer",
+        "upgrade",
+        "set-cookie",
+        "x-request-id",
+        "proxy-connection",
+        "proxy-authenticate",
+        "alt-svc",
+        "strict-transport-security",
     };
     for (size_t i = 0; i < SY_ARRAY_LEN(skip); i++)
         if (sy_strcaseeq(name, len, skip[i]))
@@ -486,9 +502,8 @@ static void trace_item(struct proxy *p, struct sy_buf *h, uint32_t dep, enum dp_
                        int status, uint32_t ms, bool first)
 {
     sy_buf_cat(h, first ? "" : ", ", p->t->deployments[dep].name, ";", NULL);
-    if (status && (o == DP_OUT_SUCCESS || o == DP_OUT_CLIENT_ERROR ||
-                   o == DP_OUT_RATE_LIMITED || o == DP_OUT_SERVER_ERROR ||
-                   o == DP_OUT_CONTEXT_LENGTH))
+    if (status && (o == DP_OUT_SUCCESS || o == DP_OUT_CLIENT_ERROR || o == DP_OUT_RATE_LIMITED ||
+                   o == DP_OUT_SERVER_ERROR || o == DP_OUT_CONTEXT_LENGTH))
         sy_buf_putu(h, (unsigned)status);
     else
         sy_buf_puts(h, dp_outcome_label(o));
@@ -636,7 +651,8 @@ static bool is_usage_chunk(const char *d, size_t n)
 static bool member_has_value(const char *d, size_t n, const char *key, size_t klen)
 {
     const char *e = d + n;
-    for (const char *k = memmem(d, n, key, klen); k; k = memmem(k + 1, (size_t)(e - k - 1), key, klen)) {
+    for (const char *k = memmem(d, n, key, klen); k;
+         k = memmem(k + 1, (size_t)(e - k - 1), key, klen)) {
         const char *v = k + klen;
         while (v < e && (*v == ' ' || *v == ':' || *v == '\t'))
             v++;
@@ -780,7 +796,7 @@ static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t le
             attempt_end(p, DP_OUT_MALFORMED);
             proxy_release(p);
             api_error(p->req, 502, "upstream_error", "upstream_body_too_large", NULL,
-                               "The provider's response is larger than %zu bytes.", max);
+                      "The provider's response is larger than %zu bytes.", max);
             return;
         }
         sy_buf_append(&p->body, data, len);
@@ -827,15 +843,13 @@ static void stream_cut(struct proxy *p, enum dp_upstream_error err, const char *
         dp_tr_stream_error(&p->tr, msg, dp_upstream_error_name(err), &ev);
     } else if (p->api == DP_API_ANTHROPIC) {
         struct dp_tr_stream tr;
-        dp_tr_stream_init(&tr, DP_API_ANTHROPIC, DP_API_ANTHROPIC, p->client_model, req->id,
-                          false);
+        dp_tr_stream_init(&tr, DP_API_ANTHROPIC, DP_API_ANTHROPIC, p->client_model, req->id, false);
         dp_tr_stream_error(&tr, msg, dp_upstream_error_name(err), &ev);
         dp_tr_stream_free(&tr);
     } else {
         sy_buf_puts(&ev, "data: {\"error\":{\"message\":");
         sy_buf_json_str(&ev, msg, strlen(msg));
-        sy_buf_printf(&ev,
-                      ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
+        sy_buf_printf(&ev, ",\"type\":\"upstream_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
                       dp_upstream_error_name(err));
     }
     sy_http_resp_write(req, ev.data, ev.len);
@@ -886,8 +900,8 @@ static void relay_final(struct proxy *p, enum dp_upstream_error err, const char 
             }
         } else {
             int status = p->status;
-            dp_tr_error(p->up_api, p->api, p->status, p->body.data ? p->body.data : "",
-                        p->body.len, &out, &status);
+            dp_tr_error(p->up_api, p->api, p->status, p->body.data ? p->body.data : "", p->body.len,
+                        &out, &status);
             p->status = status;
         }
         sy_buf_free(&p->body);
@@ -962,8 +976,8 @@ static void after_failure(struct proxy *p, enum dp_outcome o, enum dp_upstream_e
     if ((trig & pol->retry.triggers) && p->tries_on_model < pol->retry.attempts &&
         dp__gov_retry_allowed(p->w, pol)) {
         p->retries++;
-        uint32_t wait = dp_backoff_ms(&pol->retry, p->tries_on_model,
-                                      retry_here ? retry_after : 0, dp_rand(&p->w->rnd));
+        uint32_t wait = dp_backoff_ms(&pol->retry, p->tries_on_model, retry_here ? retry_after : 0,
+                                      dp_rand(&p->w->rnd));
         dp__gov_event(p->w, p->req, SY_EVENT_RETRY, p->t, m, NULL, dp_outcome_label(o), wait);
         if (wait == 0) {
             next_attempt(p);
@@ -1020,8 +1034,7 @@ static void attempt_failed_or_cut(struct proxy *p, enum dp_upstream_error err, c
     after_failure(p, o, err, detail);
 }
 
-static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
-                    const char *detail)
+static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err, const char *detail)
 {
     struct proxy *p = ud;
     struct sy_http_request *req = p->req;
@@ -1052,8 +1065,8 @@ static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
         sy_http_resp_end(req);
         return;
     }
-    enum dp_outcome o = dp_classify(DP_UE_NONE, p->status, p->body.data, p->body.len,
-                                    p->status == 200);
+    enum dp_outcome o =
+        dp_classify(DP_UE_NONE, p->status, p->body.data, p->body.len, p->status == 200);
     attempt_end(p, o);
     if (o == DP_OUT_SUCCESS || o == DP_OUT_CLIENT_ERROR) {
         relay_final(p, DP_UE_NONE, NULL);
@@ -1188,8 +1201,7 @@ static void start_attempt(struct proxy *p, const struct sy_target *targets, int 
             .force_include_usage = p->stream && p->api == DP_API_OPENAI,
         };
         struct dp_rewrite_info info;
-        if (dp_rewrite_request(p->req->body.data, p->req->body.len, &rw, &p->up_body, &info) <
-            0) {
+        if (dp_rewrite_request(p->req->body.data, p->req->body.len, &rw, &p->up_body, &info) < 0) {
             struct sy_http_request *req = p->req;
             p->dep = NULL;
             proxy_release(p);
@@ -1246,9 +1258,8 @@ static bool admits(void *ud, const struct sy_deployment *d, bool *near_limit)
     /* Legacy completions and embeddings have no Anthropic counterpart. */
     if (d->format == SY_FORMAT_ANTHROPIC && p->ep != EP_CHAT && p->ep != EP_MESSAGES)
         return false;
-    enum dp_gov_refusal why =
-        dp__gov_admits(p->w, p->t, d, &p->t->models[p->chain[p->chain_pos]], p->est_cost_tokens,
-                       near_limit, &retry_after);
+    enum dp_gov_refusal why = dp__gov_admits(p->w, p->t, d, &p->t->models[p->chain[p->chain_pos]],
+                                             p->est_cost_tokens, near_limit, &retry_after);
     if (why == DP_GOV_RATE_LIMITED) {
         p->nocap.rate_limited++;
         if (!p->nocap.retry_after_ms || retry_after < p->nocap.retry_after_ms)
@@ -1297,8 +1308,8 @@ static void no_deployment(struct proxy *p)
         return;
     }
     api_error(req, 503, "service_unavailable", "no_healthy_deployment", "model",
-                       "The model `%s` has no deployment that can take the request now%s.", name,
-                       nc.circuit_open ? " (circuit breakers open)" : "");
+              "The model `%s` has no deployment that can take the request now%s.", name,
+              nc.circuit_open ? " (circuit breakers open)" : "");
 }
 
 /* Try the next deployment of the current model, or the next model of the chain. */
@@ -1355,8 +1366,8 @@ void dp__route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
 {
     json_t *msgs = json_object_get(root, "messages");
     json_t *tools = json_object_get(root, "tools");
-    ctx->has_tools = (json_is_array(tools) && json_array_size(tools) > 0) ||
-                     json_object_get(root, "functions");
+    ctx->has_tools =
+        (json_is_array(tools) && json_array_size(tools) > 0) || json_object_get(root, "functions");
     ctx->est_tokens = 0;
     if (json_is_array(msgs)) {
         size_t i;
@@ -1369,8 +1380,8 @@ void dp__route_ctx_fill(struct dp_route_ctx *ctx, json_t *root)
             bool user = role && strcmp(role, "user") == 0;
             ctx->n_user_turns += user;
             if (json_is_string(content)) {
-                ctx->est_tokens += dp_estimate_tokens(json_string_value(content),
-                                                      json_string_length(content));
+                ctx->est_tokens +=
+                    dp_estimate_tokens(json_string_value(content), json_string_length(content));
                 if (user) {
                     ctx->text = json_string_value(content);
                     ctx->text_len = json_string_length(content);
@@ -1446,7 +1457,7 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     }
     if (req->body.len == 0) {
         api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
-                      "The request body is empty; send a JSON object.");
+                  "The request body is empty; send a JSON object.");
         return;
     }
     /* A raw NUL is never JSON (in a string it must be \u0000), but jansson skips one after a
@@ -1463,14 +1474,14 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     json_t *root = json_loadb(req->body.data, req->body.len, 0, &jerr);
     if (!root) {
         api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
-                      "The request body is not valid JSON: %s (line %d, column %d).", jerr.text,
-                      jerr.line, jerr.column);
+                  "The request body is not valid JSON: %s (line %d, column %d).", jerr.text,
+                  jerr.line, jerr.column);
         return;
     }
     if (!json_is_object(root)) {
         json_decref(root);
         api_error(req, 400, "invalid_request_error", "invalid_json", NULL,
-                      "The request body must be a JSON object.");
+                  "The request body must be a JSON object.");
         return;
     }
     json_t *jmodel = json_object_get(root, "model");
@@ -1479,20 +1490,20 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     if (!json_is_string(jmodel) || json_string_length(jmodel) == 0) {
         json_decref(root);
         api_error(req, 400, "invalid_request_error", "missing_required_parameter", "model",
-                      "You must provide a model parameter (a string).");
+                  "You must provide a model parameter (a string).");
         return;
     }
     if (jstream && !json_is_boolean(jstream) && !json_is_null(jstream)) {
         json_decref(root);
         api_error(req, 400, "invalid_request_error", "invalid_type", "stream",
-                      "'stream' must be a boolean.");
+                  "'stream' must be a boolean.");
         return;
     }
     if (!json_object_get(root, endpoints[ep].required)) {
         json_decref(root);
         api_error(req, 400, "invalid_request_error", "missing_required_parameter",
-                      endpoints[ep].required, "Missing required parameter: '%s'.",
-                      endpoints[ep].required);
+                  endpoints[ep].required, "Missing required parameter: '%s'.",
+                  endpoints[ep].required);
         return;
     }
     bool stream = json_is_true(jstream) && endpoints[ep].can_stream;
@@ -1506,19 +1517,19 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
     if (jso && !json_is_object(jso) && !json_is_null(jso)) {
         json_decref(root);
         api_error(req, 400, "invalid_request_error", "invalid_type", "stream_options",
-                      "'stream_options' must be an object.");
+                  "'stream_options' must be an object.");
         return;
     }
     if (!key_allows(req, key, json_string_value(jmodel), json_string_length(jmodel))) {
         json_decref(root);
         return;
     }
-    const struct sy_model *m =
-        sy_table_find_model(dp__req_table(req), json_string_value(jmodel), json_string_length(jmodel));
+    const struct sy_model *m = sy_table_find_model(dp__req_table(req), json_string_value(jmodel),
+                                                   json_string_length(jmodel));
     if (!m) {
         api_error(req, 404, "invalid_request_error", "model_not_found", "model",
-                      "The model `%s` does not exist or you do not have access to it.",
-                      json_string_value(jmodel));
+                  "The model `%s` does not exist or you do not have access to it.",
+                  json_string_value(jmodel));
         json_decref(root);
         return;
     }
@@ -1551,10 +1562,10 @@ static void handle_model_call(struct sy_http_request *req, enum endpoint ep)
         ctx.est_tokens = (uint32_t)SY_MIN(req->body.len / 4, (size_t)UINT32_MAX);
     if (!jmax)
         jmax = json_object_get(root, "max_completion_tokens");
-    p->est_cost_tokens = ctx.est_tokens + (json_is_integer(jmax) && json_integer_value(jmax) > 0
-                                               ? (uint32_t)SY_MIN(json_integer_value(jmax),
-                                                                  1u << 24)
-                                               : 0);
+    p->est_cost_tokens =
+        ctx.est_tokens + (json_is_integer(jmax) && json_integer_value(jmax) > 0
+                              ? (uint32_t)SY_MIN(json_integer_value(jmax), 1u << 24)
+                              : 0);
     if (!budgets_admit(req, p->t, key)) {
         json_decref(root);
         return;
@@ -1693,6 +1704,6 @@ void dp__handle_request(struct sy_http_request *req)
         method_not_allowed(req, "GET");
     } else {
         api_error(req, 404, "invalid_request_error", "unknown_url", NULL,
-                      "Unknown request URL: %s %s.", llhttp_method_name(req->method), req->path);
+                  "Unknown request URL: %s %s.", llhttp_method_name(req->method), req->path);
     }
 }
