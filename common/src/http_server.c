@@ -94,6 +94,7 @@ struct sy_http_conn {
     unsigned writes_pending;
     size_t write_bytes;
     bool want_drain;
+    bool head_pending; /* sy_http_resp_start() formatted the head into <out>, not written yet */
 };
 
 /* A queued write owns a copy of the bytes the socket could not take at once. */
@@ -400,8 +401,23 @@ int sy_http_resp_start(struct sy_http_request *req, const struct sy_http_resp_he
     format_head(c, h);
     req->resp_started = true;
     req->resp_chunked = h->content_length < 0;
-    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-    return conn_write(c, &b, 1);
+    /* Kept back to go out with the first body bytes (or the end): one write, not two. */
+    c->head_pending = true;
+    return 0;
+}
+
+/* Write <bufs> (borrowed, at most 4), after the response head if it is still kept back. */
+static int write_with_head(struct sy_http_conn *c, uv_buf_t *bufs, unsigned n)
+{
+    if (!c->head_pending)
+        return conn_write(c, bufs, n);
+    uv_buf_t all[5];
+    SY_REQUIRE(n < SY_ARRAY_LEN(all));
+    all[0] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    if (n)
+        memcpy(all + 1, bufs, n * sizeof(*bufs));
+    c->head_pending = false;
+    return conn_write(c, all, n + 1);
 }
 
 /* Keep a copy of <n> bytes of response body for the handler, if it asked (req->capture). */
@@ -422,33 +438,53 @@ int sy_http_resp_write(struct sy_http_request *req, const char *data, size_t n)
         return c->write_bytes > BACKPRESSURE_MARK;
     if (!req->resp_chunked) {
         uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
-        return conn_write(c, &b, 1);
+        return write_with_head(c, &b, 1);
     }
     char size[24];
     int sl = snprintf(size, sizeof(size), "%zx\r\n", n);
     uv_buf_t b[3] = {uv_buf_init(size, (unsigned)sl), uv_buf_init((char *)data, (unsigned)n),
                      uv_buf_init("\r\n", 2)};
-    return conn_write(c, b, 3);
+    return write_with_head(c, b, 3);
 }
 
-void sy_http_resp_end(struct sy_http_request *req)
+void sy_http_resp_end_with(struct sy_http_request *req, const char *data, size_t n)
 {
     struct sy_http_conn *c = req->conn;
-    if (req->resp_chunked) {
-        uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
-        if (conn_write(c, &b, 1) < 0) {
-            req->on_abort = NULL; /* the handler is ending the request itself */
-            conn_close(c);
-            return;
-        }
+    char size[24];
+    uv_buf_t b[4];
+    unsigned nb = 0;
+    capture(req, data, n);
+    if (n && req->resp_chunked) {
+        int sl = snprintf(size, sizeof(size), "%zx\r\n", n);
+        b[nb++] = uv_buf_init(size, (unsigned)sl);
+        b[nb++] = uv_buf_init((char *)data, (unsigned)n);
+        b[nb++] = uv_buf_init("\r\n", 2);
+    } else if (n) {
+        b[nb++] = uv_buf_init((char *)data, (unsigned)n);
+    }
+    if (req->resp_chunked)
+        b[nb++] = uv_buf_init("0\r\n\r\n", 5);
+    /* the body, the last chunk and a head still kept back: one write */
+    if ((nb || c->head_pending) && write_with_head(c, b, nb) < 0) {
+        req->on_abort = NULL; /* the handler is ending the request itself */
+        conn_close(c);
+        return;
     }
     req->resp_done = true;
     request_finish(c);
 }
 
+void sy_http_resp_end(struct sy_http_request *req)
+{
+    sy_http_resp_end_with(req, NULL, 0);
+}
+
 void sy_http_resp_abort(struct sy_http_request *req)
 {
     struct sy_http_conn *c = req->conn;
+    /* A head kept back still goes out: the client sees a response cut short, not none. */
+    if (c->head_pending)
+        write_with_head(c, NULL, 0);
     /* Leave the message unfinished: no last chunk, so no client can take it for complete. */
     req->keep_alive = false;
     req->resp_done = true;

@@ -777,10 +777,11 @@ static void guard_stream_stop(struct proxy *p, struct dp_upstream *u)
         sy_http_resp_abort(req);
         return;
     }
-    if (p->body.len)
-        sy_http_resp_write(req, p->body.data, p->body.len);
+    struct sy_buf last = p->body; /* the tail and the last chunk go out in one write */
+    p->body = (struct sy_buf)SY_BUF_INIT;
     proxy_release(p);
-    sy_http_resp_end(req);
+    sy_http_resp_end_with(req, last.data, last.len);
+    sy_buf_free(&last);
 }
 
 static void on_body(struct dp_upstream *u, void *ud, const char *data, size_t len)
@@ -1059,10 +1060,11 @@ static void on_done(struct dp_upstream *u, void *ud, enum dp_upstream_error err,
             sy_http_resp_abort(req);
             return;
         }
-        if (p->body.len)
-            sy_http_resp_write(req, p->body.data, p->body.len);
+        struct sy_buf last = p->body; /* the tail and the last chunk go out in one write */
+        p->body = (struct sy_buf)SY_BUF_INIT;
         proxy_release(p);
-        sy_http_resp_end(req);
+        sy_http_resp_end_with(req, last.data, last.len);
+        sy_buf_free(&last);
         return;
     }
     enum dp_outcome o =

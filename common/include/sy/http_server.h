@@ -155,7 +155,9 @@ struct sy_http_resp_head {
     int64_t content_length; /* -1: chunked */
 };
 
-/** Send the response head. Returns 0 or a negative errno (the client is gone). */
+/** Start the response with head <h> (copied). The head is kept back and goes out in one write
+ * with the first body bytes or the end, so that a client gets it in the same packet. Returns 0
+ * (a client that has gone is seen by the next write). */
 int sy_http_resp_start(struct sy_http_request *req, const struct sy_http_resp_head *h);
 /** Send <n> bytes of body (borrowed; copied only if the socket cannot take them at once).
  * Returns 1 when the connection's write queue is above the backpressure mark (the handler
@@ -163,6 +165,10 @@ int sy_http_resp_start(struct sy_http_request *req, const struct sy_http_resp_he
 int sy_http_resp_write(struct sy_http_request *req, const char *data, size_t n);
 /** Finish the response; the request is over and must not be touched afterwards. */
 void sy_http_resp_end(struct sy_http_request *req);
+/** Write <n> bytes of <data> (borrowed; may be NULL when <n> is 0) as the last of the body and
+ * end the response, in one write with the last chunk (and the head, if nothing was written
+ * yet). */
+void sy_http_resp_end_with(struct sy_http_request *req, const char *data, size_t n);
 /** Abort the response mid-way: close the connection without finishing the body, so the client
  * sees a truncated message and never mistakes it for a complete one. Ends the request. */
 void sy_http_resp_abort(struct sy_http_request *req);
