@@ -215,6 +215,18 @@ static void handler(struct sy_http_request *req)
         assert_int_equal(sy_http_resp_start(req, &h), 0);
         assert_int_equal(sy_http_resp_write(req, "hello", 5), 0);
         sy_http_resp_abort(req);
+    } else if (path_is(req, "/end-with")) {
+        /* the head is kept back: it leaves with the tail and the last chunk, in one write */
+        struct sy_http_resp_head h = {
+            .status = 200, .content_type = "text/plain", .content_length = -1};
+        assert_int_equal(sy_http_resp_start(req, &h), 0);
+        sy_http_resp_end_with(req, "tail", 4);
+    } else if (path_is(req, "/abort-at-once")) {
+        /* aborted before any body: the head kept back still goes out */
+        struct sy_http_resp_head h = {
+            .status = 200, .content_type = "text/plain", .content_length = -1};
+        assert_int_equal(sy_http_resp_start(req, &h), 0);
+        sy_http_resp_abort(req);
     } else if (path_is(req, "/hold")) {
         F.held = req;
         req->on_abort = on_abort;
@@ -876,6 +888,31 @@ static void script_chunked_resp(struct fx *f)
     close(fd);
 }
 
+static void script_end_with(struct fx *f)
+{
+    int fd = cl_connect(f);
+    CHECK(f, fd != -1);
+    CHECK(f, cl_send(fd, "GET /end-with HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(f, cl_read_until(f, fd, 0, "\r\n0\r\n\r\n"));
+    CHECK(f, cl_send(fd, "GET /abort-at-once HTTP/1.1\r\nHost: x\r\n\r\n"));
+    cl_read_all(f, fd, 1);
+    close(fd);
+}
+
+static void test_kept_back_head_leaves_with_the_end_or_the_abort(void **state)
+{
+    (void)state;
+    run_client(script_end_with);
+    const char *r = F.got[0];
+    assert_int_equal(status_of(r), 200);
+    assert_string_equal(header_of(r, "Transfer-Encoding"), "chunked");
+    assert_string_equal(body_of(r), "4\r\ntail\r\n0\r\n\r\n");
+    r = F.got[1];
+    assert_true(F.got_eof[1]);
+    assert_int_equal(status_of(r), 200); /* the head, then the connection closes */
+    assert_string_equal(body_of(r), "");
+}
+
 static void test_chunked_response_is_framed(void **state)
 {
     (void)state;
@@ -1036,6 +1073,7 @@ int main(void)
         T(test_body_dribbled_gets_408_at_the_whole_body_deadline),
         T(test_idle_keep_alive_closed_after_idle_timeout),
         T(test_chunked_response_is_framed),
+        T(test_kept_back_head_leaves_with_the_end_or_the_abort),
         T(test_resp_abort_leaves_message_unfinished_and_closes),
         T(test_on_abort_called_when_client_leaves),
         T(test_close_all_aborts_held_request),
